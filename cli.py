@@ -5,7 +5,8 @@
     turngym check ENV_ID|all              run turngym's env checker
 
 Later layers add subcommands as plugins: a module with ``add_arguments(parser)``
-and ``run(args) -> int`` listed in ``_PLUGINS`` (imported when the parser is
+and ``run(args) -> int`` (or ``"module:Object"`` naming an object that has
+them) listed in ``_PLUGINS`` (imported when the parser is
 built, so keep those modules free of heavy imports at the top). This module
 may import every layer; nothing imports it.
 """
@@ -166,6 +167,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 _PLUGINS: dict[str, tuple[str, str]] = {
     "bench": ("turngym.benchmarks.bench", "evaluate agents on envs with honest statistics"),
     "serve": ("turngym.agents.serve", "serve an engine over an OpenAI-compatible HTTP API"),
+    "train": ("turngym.trainers.cli:Train", "train an LLM agent with multi-turn RL from a YAML recipe"),
+    "sft": ("turngym.trainers.cli:SFT", "supervised warm start on oracle or recorded trajectories"),
+    "plot": ("turngym.trainers.cli:Plot", "draw a run's learning curves to PNG"),
 }
 
 
@@ -173,7 +177,10 @@ def _add_plugins(sub: Any) -> None:
     import importlib
 
     for name, (module_name, help_line) in _PLUGINS.items():
+        module_name, _, attr = module_name.partition(":")  # "pkg.module:Obj": an object with the two functions
         module = importlib.import_module(module_name)
+        if attr:
+            module = getattr(module, attr)
         parser = sub.add_parser(name, help=help_line, description=(module.__doc__ or help_line).strip().split("\n\n")[0])
         module.add_arguments(parser)
         _COMMANDS[name] = module.run

@@ -131,3 +131,76 @@ def dynamic_filter_groups(group_ids: Any, rewards: Any, *, atol: float = 0.0) ->
     np.maximum.at(hi, code, rewards)
     np.minimum.at(lo, code, rewards)
     return (hi - lo > atol)[code]
+
+
+# ---- EPO and AEPO terms (see turngym.trainers.rl for where they enter the loss) ------------------------------
+
+
+def epo_entropy_penalty(entropy: torch.Tensor, turn: torch.Tensor, history_mean: Any, *, min_ratio: float = 0.5,
+                        max_ratio: float = 1.5) -> torch.Tensor:
+    """EPO's entropy-smoothing penalty per token, in a differentiable (hinge) form.
+
+    ``history_mean[k]`` is the historical mean entropy of turn index ``k``
+    (``Hbar_k``); a token of turn ``k`` pays ``relu(H - max_ratio Hbar_k) +
+    relu(min_ratio Hbar_k - H)``: zero inside the band ``[min_ratio Hbar_k,
+    max_ratio Hbar_k]``, growing linearly outside it. Tokens whose turn has
+    no history (``turn < 0``, past the history, or ``Hbar_k <= 0``/NaN) pay 0.
+    EPO's released code uses a constant (0 inside / 0.1 outside) with no
+    gradient, which leaves the update unchanged; the hinge is the form that
+    actually pulls the entropy back into the band.
+    """
+    hbar = torch.as_tensor(np.nan_to_num(np.asarray(history_mean, dtype=np.float64), nan=0.0),
+                           dtype=entropy.dtype, device=entropy.device)
+    if hbar.numel() == 0:
+        return torch.zeros_like(entropy)
+    known = (turn >= 0) & (turn < hbar.numel())
+    ref = torch.where(known, hbar[turn.clamp(0, hbar.numel() - 1)], torch.zeros_like(entropy))
+    hinge = torch.relu(entropy - max_ratio * ref) + torch.relu(min_ratio * ref - entropy)
+    return torch.where(known & (ref > 0), hinge, torch.zeros_like(entropy))
+
+
+def aepo_clip_correction(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                         mask: torch.Tensor, clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """AEPO's entropy-balanced (stop-gradient) clipping as a per-token term added to the PPO-clip loss.
+
+    PPO-clip gives a token with ``A > 0`` and ``r > 1 + eps_high`` no gradient.
+    AEPO's upper bound ``(1 + eps_high) / sg(r) * r`` keeps the forward value
+    and gives it the gradient ``-A (1 + eps_high)`` w.r.t. ``log pi``. The term
+    ``-A (1 + eps_high) (log pi - sg(log pi))`` is 0 in the forward pass and
+    has exactly that gradient, so PPO loss + this term == AEPO's loss.
+    Returns ``(term, selected)``.
+    """
+    ratio = torch.exp(torch.clamp(logprobs.detach() - old_logprobs, -20.0, 20.0))
+    selected = (mask != 0) & (advantages > 0) & (ratio > 1.0 + clip_high)
+    term = -advantages * (1.0 + clip_high) * (logprobs - logprobs.detach())
+    return torch.where(selected, term, torch.zeros_like(term)), selected
+
+
+def entropy_aware_advantage(advantages: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor,
+                            alpha: float = 0.2) -> torch.Tensor:
+    """AEPO's entropy-aware advantage ``A (1 + alpha sg(H_norm))``.
+
+    ``H_norm`` standardizes the entropy over the valid (mask != 0) tokens with
+    the unbiased std (a zero std counts as 1); masked positions keep ``A``.
+    """
+    entropy = entropy.detach()
+    valid_mask = mask != 0
+    valid = entropy[valid_mask]
+    if valid.numel() == 0:
+        return advantages
+    mean = valid.mean()
+    std = valid.std(unbiased=True) if valid.numel() > 1 else torch.ones((), dtype=valid.dtype, device=valid.device)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return torch.where(valid_mask, advantages * (1 + alpha * (entropy - mean) / std), advantages)
+
+
+def trajectory_balance_loss(log_z: torch.Tensor, log_pf: torch.Tensor, rewards: Any, *, reward_floor: float = 1e-4,
+                            reward_temp: float = 1.0) -> torch.Tensor:
+    """FoR's trajectory-balance residuals squared, per trajectory: ``(log Z + log P_F(tau) - log R(tau) / T)^2``.
+
+    ``log_pf`` holds each trajectory's summed log-probs of every sampled token
+    (all turns); ``log R = log max(R, reward_floor)`` keeps failures finite.
+    """
+    r = torch.as_tensor(np.asarray(rewards, dtype=np.float64), dtype=log_pf.dtype, device=log_pf.device)
+    log_r = torch.log(torch.clamp(r, min=reward_floor)) / reward_temp
+    return (log_z + log_pf - log_r) ** 2

@@ -1,0 +1,341 @@
+"""Trainer configuration: dataclasses with help on every field, YAML recipes, ``key=value`` overrides.
+
+A recipe is a YAML file whose sections mirror :class:`RLConfig` (``model``,
+``env``, ``agent``, ``rollout``, ``algo``, ``optim``, ``run``)::
+
+    model: {path: default, lora: true}
+    env: {id: turngym/BlocksWorld-v0, split: train}
+    algo: {estimator: gigpo}
+
+Command-line overrides use dotted keys and YAML values
+(``algo.clip_high=0.28 rollout.group_size=8 agent.options={window: 2}``).
+Unknown keys anywhere are rejected with the closest known key named, and
+every field's help text is printed by ``turngym train --help-config``.
+
+This module depends on nothing but the standard library (and PyYAML to read files).
+"""
+
+# ruff: noqa: RUF009  (_f() returns dataclasses.field(); list/dict defaults get a default_factory)
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from turngym.errors import TurngymError
+
+
+class ConfigError(TurngymError, ValueError):
+    """A recipe or override names an unknown key or holds a value of the wrong type."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+# ---- sections -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    path: str = _f("default", "model to train: 'default' (the embedded SmolLM2-135M-Instruct), a local HF folder, "
+                              "a GGUF file, or a checkpoint folder of a previous run (RUN_DIR/checkpoint-N)")
+    dtype: str = _f("float32", "parameter dtype: float32 or bfloat16 (CPU: float32)")
+    device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:N]'")
+    lora: bool = _f(False, "train LoRA adapters (peft) instead of all weights; the reference model is the base "
+                           "(adapters off), so no second copy is held")
+    lora_r: int = _f(16, "LoRA rank")
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = _f(0.0, "LoRA dropout (0 keeps rollouts and updates deterministic)")
+    lora_target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                   "module names that get adapters")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves memory, costs time)")
+
+
+@dataclass
+class EnvConfig:
+    id: str = _f("turngym/BlocksWorld-v0", "registered env id (see `turngym envs`)")
+    split: str = _f("train", "task split rollouts are drawn from")
+    eval_split: str = _f("test", "held-out split for evaluation")
+    kwargs: dict = _f({}, "env constructor arguments")
+    max_steps: int = _f(0, "env steps before an episode is truncated (0: the env's registered limit)")
+
+
+@dataclass
+class AgentConfig:
+    name: str = _f("react", "agent: react, p-react or tool (see `turngym bench --help`)")
+    options: dict = _f({}, "agent constructor options (e.g. {context: full, window: 4, num_exemplars: 1})")
+    temperature: float = _f(1.0, "rollout sampling temperature (the loss uses the same one)")
+    top_p: float = _f(1.0, "rollout nucleus mass; keep 1.0 for on-policy log-probs")
+    max_tokens: int = _f(96, "max new tokens per turn")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = _f("hf", "rollout engine: 'hf' (shares the trained model, CPU or GPU) or 'vllm' "
+                           "(GPU; weights synced after every update)")
+    tasks_per_iter: int = _f(4, "tasks per iteration")
+    group_size: int = _f(8, "rollouts per task (the G of GRPO)")
+    max_concurrent: int = _f(32, "episodes generated in one batch")
+    engine_kwargs: dict = _f({}, "extra engine arguments (e.g. {max_batch_size: 16} or vLLM's {gpu_memory_utilization: 0.5})")
+
+
+@dataclass
+class AlgoConfig:
+    estimator: str = _f("grpo", "advantage estimator from turngym.credit (grpo, dr_grpo, rloo, reinforce_pp, gigpo, "
+                                "gae, spa, igpo, stratified_grpo, empg)")
+    estimator_kwargs: dict = _f({}, "estimator hyper-parameters (e.g. {step_weight: 1.0, gamma: 0.95} for gigpo)")
+    objective: str = _f("ppo", "'ppo' (PPO-clip / GRPO loss) or 'tb' (FoR's GFlowNet trajectory balance)")
+    sample_mode: str = _f("auto", "'stepwise' (each turn one sample), 'in_context' (the transcript one sequence) or "
+                                  "'auto' (one sequence per unbroken run of turns)")
+    ppo_epochs: int = _f(1, "passes over each iteration's samples")
+    mini_batches: int = _f(1, "optimizer steps per epoch (the samples are split into this many mini-batches)")
+    clip_low: float = _f(0.2, "PPO ratio clip below: 1 - clip_low")
+    clip_high: float = _f(0.28, "PPO ratio clip above: 1 + clip_high (DAPO clip-higher 0.28; 0.2 = symmetric)")
+    dual_clip: float = _f(0.0, "dual-clip constant c > 1 for negative advantages (0: off)")
+    kl_coef: float = _f(0.0, "weight of the KL to the frozen reference policy in the loss (0: no reference)")
+    kl_estimator: str = _f("k3", "KL estimator: k1, k2, k3 (low_var_kl) or their straight-through '+' forms")
+    entropy_coef: float = _f(0.0, "entropy bonus weight")
+    loss_agg_mode: str = _f("token-mean", "token-mean, seq-mean-token-sum, seq-mean-token-mean or "
+                                          "seq-mean-token-sum-norm (Dr.GRPO's constant normalizer)")
+    norm_constant: float = _f(0.0, "C of seq-mean-token-sum-norm (0: the padded length)")
+    seq_unit: str = _f("sample", "what seq-mean-* averages over: 'sample' (each training sequence) or 'step' "
+                                 "(each turn's response)")
+    dynamic_filter: bool = _f(False, "DAPO dynamic sampling: drop groups whose rollouts all got the same reward")
+    invalid_action_penalty: float = _f(0.0, "subtracted from the reward of every step with an invalid action")
+    old_logprobs: str = _f("recompute", "'recompute' the rollout log-probs with the trainer (exact ratio) or take "
+                                        "the 'engine' ones after checking their agreement")
+    logprob_tolerance: float = _f(1e-2, "max |engine - trainer| log-prob allowed with old_logprobs='engine'")
+    # EPO (arXiv 2509.22576)
+    epo_smooth_coef: float = _f(0.0, "EPO entropy-smoothing weight (0: off); needs entropy_coef > 0")
+    epo_min_ratio: float = _f(0.5, "EPO: entropy band lower edge, a fraction of the historical mean per turn")
+    epo_max_ratio: float = _f(1.5, "EPO: entropy band upper edge")
+    # AEPO (arXiv 2510.14545)
+    aepo_clipping: bool = _f(False, "AEPO entropy-balanced (stop-gradient) clipping of the upper ratio bound")
+    aepo_advantage: float = _f(0.0, "AEPO entropy-aware advantage weight (0.2 in the paper; 0: off)")
+    # IGPO (arXiv 2510.14967)
+    igpo_answer_template: str = _f("<answer> {answer} </answer>", "IGPO: the text teacher-forced after each turn to "
+                                   "score the gold answer ({answer} is replaced by it)")
+    # FoR trajectory balance (arXiv 2406.05673)
+    tb_logz_lr: float = _f(0.1, "learning rate of FoR's learned log Z")
+    tb_reward_floor: float = _f(1e-4, "FoR: log R = log(max(R, floor)) so failed trajectories stay finite")
+    tb_reward_temp: float = _f(1.0, "FoR: reward exponent 1/T (log R / T)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-5, "learning rate (AdamW)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    betas: list = _f([0.9, 0.999], "AdamW betas")
+    schedule: str = _f("constant", "learning-rate schedule: constant, linear or cosine (decay to 0 at the end)")
+    warmup_iters: int = _f(0, "iterations of linear warm-up")
+    max_grad_norm: float = _f(1.0, "gradient-norm clip (0: off)")
+    micro_batch_tokens: int = _f(4096, "token budget of one forward/backward (gradient accumulation splits above it)")
+
+
+@dataclass
+class RunConfig:
+    dir: str = _f("runs/run", "run directory: metrics.jsonl, TensorBoard events, checkpoints, config.yaml")
+    iterations: int = _f(20, "training iterations (rollout + update)")
+    seed: int = _f(0, "seed of task order, sampling and mini-batch order (resume replays them)")
+    eval_every: int = _f(0, "evaluate on env.eval_split every N iterations (0: only at the start and end)")
+    eval_tasks: int = _f(16, "held-out tasks per evaluation (one greedy rollout each)")
+    eval_temperature: float = _f(0.0, "sampling temperature of evaluation rollouts (0: greedy)")
+    save_every: int = _f(5, "checkpoint every N iterations (and at the end)")
+    keep_checkpoints: int = _f(2, "most recent checkpoints kept (older ones are deleted)")
+    tensorboard: bool = _f(True, "also write TensorBoard events (if tensorboard is installed)")
+    progress: bool = _f(True, "show a progress bar")
+    threads: int = _f(0, "torch intra-op threads (0: leave torch's default)")
+
+
+@dataclass
+class RLConfig:
+    """Everything one RL run needs; see each section's fields."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class SFTData:
+    source: str = _f("oracle", "'oracle' (play the env's oracle and train the agent's format on it) or a "
+                               "trajectories .jsonl file (from `turngym bench --out`)")
+    episodes: int = _f(64, "oracle episodes to collect")
+    only_won: bool = _f(True, "train only on won episodes (jsonl source)")
+    epochs: int = _f(2, "passes over the data")
+    batch_size: int = _f(8, "samples per optimizer step")
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning on (oracle) trajectories in the agent's own format."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    data: SFTData = field(default_factory=SFTData)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4))
+    run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/sft", iterations=0))
+
+
+# ---- building, validating, printing ---------------------------------------------------------------------
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _closest(key: str, known: list[str], where: str) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+    return f"unknown config key {where + key!r}{hint}"
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section {where!r} must be a mapping, got {value!r}")
+        return build(typ, value, prefix=where + ".")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"config key {where!r} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"config key {where!r} must be an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {where!r} must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key {where!r} must be a string, got {value!r}")
+        return str(value)
+    if typ is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {where!r} must be a mapping, got {value!r}")
+        return dict(value)
+    if typ is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {where!r} must be a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def build(cls: type, data: dict[str, Any] | None = None, *, prefix: str = "") -> Any:
+    """An instance of the config dataclass ``cls`` from a (nested) mapping; unknown keys raise :class:`ConfigError`."""
+    data = dict(data or {})
+    known = _fields(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(_closest(str(key), list(known), prefix))
+        kwargs[key] = _coerce(value, _field_type(cls, key), prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML (numbers, booleans, lists, mappings), else the string itself."""
+    try:
+        import yaml
+
+        return yaml.safe_load(text) if text != "" else ""
+    except Exception:  # noqa: BLE001 (not YAML: the plain string)
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a recipe mapping (validated against ``cls``)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. algo.clip_high=0.28)")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        node, typ, where = data, cls, ""
+        for depth, part in enumerate(parts):
+            known = _fields(typ)
+            if part not in known:
+                raise ConfigError(_closest(part, list(known), where))
+            sub = _field_type(typ, part)
+            if depth == len(parts) - 1:
+                node[part] = parse_value(raw)
+            else:
+                if not dataclasses.is_dataclass(sub):
+                    raise ConfigError(f"config key {where + part!r} is not a section; cannot set {key!r}")
+                node = node.setdefault(part, {})
+                typ = sub
+            where += part + "."
+    return data
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+    """Read a YAML recipe (optional), apply overrides, validate: an instance of ``cls``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe {str(p)!r} does not exist (recipes live in configs/; "
+                              "or pass only KEY=VALUE overrides)")
+        import yaml
+
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {str(p)!r} must be a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, list(overrides or []), cls)
+    return build(cls, data)
+
+
+def dump_yaml(config: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def describe(cls: type, prefix: str = "") -> str:
+    """Every key of ``cls`` with its default and help text, one per line."""
+    lines = []
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        typ = _field_type(cls, f.name)
+        if dataclasses.is_dataclass(typ):
+            lines.append(f"\n[{prefix}{f.name}]")
+            lines.append(describe(typ, prefix + f.name + "."))
+        else:
+            default = getattr(defaults, f.name)
+            lines.append(f"  {prefix}{f.name} = {json.dumps(default)}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "AgentConfig", "AlgoConfig", "ConfigError", "EnvConfig", "ModelConfig", "OptimConfig", "RLConfig",
+    "RolloutConfig", "RunConfig", "SFTConfig", "SFTData", "apply_overrides", "build", "describe", "dump_yaml",
+    "load_config", "parse_value", "to_dict",
+]
