@@ -4,7 +4,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= hf,serve,triton,dev
+EXTRAS ?= hf,train,serve,triton,dev
 
 .PHONY: setup quickstart test test-slow test-vllm clean-venv
 
