@@ -81,7 +81,12 @@ def _list_actions(info: dict[str, Any], limit: int) -> None:
 @_command("play")
 def cmd_play(args: argparse.Namespace) -> int:
     from turngym.benchmarks.bench import parse_key_values
+    from turngym.envs.werewolf import is_werewolf_id
 
+    if is_werewolf_id(args.env_id):  # multi-agent: a seat against bots (turngym.envs.werewolf.play)
+        from turngym.envs.werewolf.play import play_terminal
+
+        return play_terminal(seat=args.seat, seed=args.seed, config=parse_key_values(args.kwarg, "--kwarg"))
     env = turngym.make(args.env_id, **parse_key_values(args.kwarg, "--kwarg"))
     options: dict[str, Any] = {"task_id": args.task_id} if args.task_id else {}
     obs, info = env.reset(seed=args.seed, options=options or None)
@@ -214,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle", action="store_true", help="let the oracle play and print the transcript")
     p.add_argument("--kwarg", action="append", default=[], metavar="KEY=VALUE", help="env constructor argument (repeatable)")
     p.add_argument("--max-listed", type=int, default=12, help="how many admissible actions to list")
+    p.add_argument("--seat", type=int, default=1, help="werewolf: the seat you play (1..N); bots take the others")
 
     p = sub.add_parser("check", help="run turngym's environment checker")
     p.add_argument("env_id", help="an env id, or 'all'")

@@ -45,6 +45,7 @@ AGENTS: dict[str, str] = {
     "tool": "tool-calling: env actions as JSON tool schemas (chat template tools=), results as tool messages",
     "oracle": "the env's oracle_action() (an expert; wins every solvable task)",
     "random": "a uniformly random admissible action each turn (seeded per episode)",
+    "chat": "plain chat: the observation is the user message, the whole reply is the action (no format)",
 }
 
 
@@ -224,6 +225,10 @@ def make_agent(name: str, env_id: str | None = None, **options: Any) -> Any:
         from turngym.agents.tool_calling import ToolCallingAgent
 
         return ToolCallingAgent(env_id=env_id, **options)
+    if key in ("chat", "plain"):
+        from turngym.agents.chat import ChatAgent
+
+        return ChatAgent(env_id=env_id, **options)
     if key == "oracle":
         from turngym.agents.baselines import OracleAgent
 

@@ -79,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "  turngym bench --list")
     parser.add_argument("--list", action="store_true", help="list envs, agents, model options and context modes")
     parser.add_argument("--env", action="append", default=[], metavar="ID", help="env id (repeatable)")
-    parser.add_argument("--agent", action="append", default=[], metavar="NAME",
-                        help=f"agent (repeatable): {', '.join(AGENTS)} (default: react)")
+    parser.add_argument("--agent", "--agents", action="append", default=[], metavar="NAME",
+                        help=f"agent (repeatable): {', '.join(AGENTS)} (default: react); "
+                             "for werewolf a seat lineup such as village=rule,wolves=random")
     parser.add_argument("--model", action="append", default=[], metavar="SPEC",
                         help="default | PATH | hf:PATH | vllm:PATH | openai:URL[#MODEL] (repeatable; default: default)")
     parser.add_argument("--episodes", "-n", type=int, default=8, help="tasks per seed (default 8)")
@@ -119,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.env:
         raise TurngymError("bench needs at least one --env (see `turngym bench --list`)")
+    from turngym.benchmarks.werewolf_bench import is_werewolf_env
+
+    if all(is_werewolf_env(e) for e in args.env):  # multi-agent: its own runner and statistics
+        from turngym.benchmarks.werewolf_bench import run as run_werewolf
+
+        return run_werewolf(args)
     for name, value in (("--episodes", args.episodes), ("--seeds", args.seeds), ("--runs-per-task", args.runs_per_task),
                         ("--max-concurrent", args.max_concurrent)):
         if value < 1:

@@ -105,3 +105,9 @@ register(
     max_episode_steps=10,
     description="Combine four numbers with + - * / into 24, one operation per turn (Tree-of-Thoughts / FoR).",
 )
+register(  # PettingZoo (multi-agent): not in gym.registry; build it with turngym.envs.werewolf.env(**config)
+    "turngym/Werewolf-v0",
+    entry_point="turngym.envs.werewolf:env",
+    kind="pettingzoo",
+    description="Werewolf: hidden roles, night actions, free-text debate and votes among LLM agents and bots (PettingZoo AEC + parallel).",
+)

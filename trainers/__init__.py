@@ -8,6 +8,12 @@ kernels package's fused op), and the engine-vs-trainer agreement check.
 aggregation modes (a thin layer over ``turngym.kernels.policy_loss``, where
 the formulas live), DAPO's zero-variance group filter.
 
+``config``: the trainers' config dataclasses, YAML recipes and overrides.
+``rl``: the multi-turn RL loop (:class:`RLTrainer`); ``sft``: the SFT warm
+start; ``model``: loading, LoRA, reference and saving the policy;
+``runlog``: metrics, atomic checkpoints, plots; ``cli``: ``turngym train``,
+``turngym sft``, ``turngym plot``.
+
 Depends on ``turngym.agents`` (records), ``turngym.credit`` and
 ``turngym.kernels`` (the policy-loss formulas; its fused log-prob op is used
 when it applies); needs torch (the ``hf`` extra).
@@ -15,56 +21,30 @@ when it applies); needs torch (the ``hf`` extra).
 
 from __future__ import annotations
 
-from turngym.trainers.logprobs import (
-    compare_logprobs,
-    reference_sequence_logprobs,
-    sequence_logprobs,
-    token_logprobs,
-)
-from turngym.trainers.objectives import (
-    AGG_MODES,
-    KL_ESTIMATORS,
-    PolicyLoss,
-    aggregate_loss,
-    dynamic_filter_groups,
-    kl_penalty,
-    ppo_clip_loss,
-)
-from turngym.trainers.tokens import (
-    PrefixBreak,
-    PrefixBreakError,
-    TokenBatch,
-    TrainingSample,
-    build_samples,
-    collate,
-    loss_normalizers,
-    pack_microbatches,
-    prefix_breaks,
-    step_batch,
-    verify_samples,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "AGG_MODES",
-    "KL_ESTIMATORS",
-    "PolicyLoss",
-    "PrefixBreak",
-    "PrefixBreakError",
-    "TokenBatch",
-    "TrainingSample",
-    "aggregate_loss",
-    "build_samples",
-    "collate",
-    "compare_logprobs",
-    "dynamic_filter_groups",
-    "kl_penalty",
-    "loss_normalizers",
-    "pack_microbatches",
-    "ppo_clip_loss",
-    "prefix_breaks",
-    "reference_sequence_logprobs",
-    "sequence_logprobs",
-    "step_batch",
-    "token_logprobs",
-    "verify_samples",
-]
+# name -> submodule. Imported on first use, so `import turngym.trainers.cli` (the CLI plugins) does not pull torch.
+_EXPORTS = {
+    "compare_logprobs": "logprobs", "reference_sequence_logprobs": "logprobs", "sequence_logprobs": "logprobs",
+    "token_logprobs": "logprobs",
+    "AGG_MODES": "objectives", "KL_ESTIMATORS": "objectives", "PolicyLoss": "objectives",
+    "aggregate_loss": "objectives", "dynamic_filter_groups": "objectives", "kl_penalty": "objectives",
+    "ppo_clip_loss": "objectives",
+    "PrefixBreak": "tokens", "PrefixBreakError": "tokens", "TokenBatch": "tokens", "TrainingSample": "tokens",
+    "build_samples": "tokens", "collate": "tokens", "loss_normalizers": "tokens", "pack_microbatches": "tokens",
+    "prefix_breaks": "tokens", "step_batch": "tokens", "verify_samples": "tokens",
+    "RLConfig": "config", "SFTConfig": "config", "load_config": "config",
+    "RLTrainer": "rl", "train": "rl",
+    "SFTTrainer": "sft",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'turngym.trainers' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"turngym.trainers.{module}"), name)
+
+
+__all__ = list(_EXPORTS)

@@ -217,6 +217,11 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"config key {where!r} must be true or false, got {value!r}")
+    if typ in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-5" (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"config key {where!r} must be an integer, got {value!r}")

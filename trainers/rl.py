@@ -257,7 +257,7 @@ class RLTrainer:
         self.weights_version += 1
         engine = self.engine
         if getattr(engine, "model", None) is self.model:
-            hook = getattr(engine, "weights_changed", None)  # drop caches computed with old weights
+            hook = getattr(engine, "clear_prefix_cache", None)  # drop KV computed with the old weights
             if callable(hook):
                 hook()
             return
