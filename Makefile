@@ -4,7 +4,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= hf,train,serve,triton,werewolf,dev
+EXTRAS ?= hf,train,serve,triton,werewolf,search,parquet,dev
 
 .PHONY: setup quickstart test test-slow test-vllm clean-venv
 

@@ -172,6 +172,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 _PLUGINS: dict[str, tuple[str, str]] = {
     "bench": ("turngym.benchmarks.bench", "evaluate agents on envs with honest statistics"),
     "serve": ("turngym.agents.serve", "serve an engine over an OpenAI-compatible HTTP API"),
+    "serve-retriever": ("turngym.envs.search.server", "serve a Search env retriever over a Search-R1-compatible HTTP API"),
     "train": ("turngym.trainers.cli:Train", "train an LLM agent with multi-turn RL from a YAML recipe"),
     "sft": ("turngym.trainers.cli:SFT", "supervised warm start on oracle or recorded trajectories"),
     "plot": ("turngym.trainers.cli:Plot", "draw a run's learning curves to PNG"),

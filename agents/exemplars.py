@@ -60,6 +60,18 @@ _SOURCES: dict[str, list[tuple[dict, list[tuple[str, str]]]]] = {
              "stack the orange block on top of the red block"),
         ]),
     ],
+    # A train-split bridge question (train entities only) over the synthetic corpus; the env's own
+    # protocol tags are the actions.
+    "Search": [
+        ({"question": "In which city was the founder of the Vethquith Works born?", "answers": ["Drevstys"],
+          "supporting": ["company-38", "person-136"], "oracle_queries": ["Vethquith Works", "Grarksteind Quirkga"]}, [
+            ("I need the founder of the Vethquith Works first, then where that person was born.",
+             "<search> Vethquith Works </search>"),
+            ("The Vethquith Works was founded by Grarksteind Quirkga. Now I look up Grarksteind Quirkga.",
+             "<search> Grarksteind Quirkga </search>"),
+            ("Grarksteind Quirkga was born in Drevstys, so that is the answer.", "<answer> Drevstys </answer>"),
+        ]),
+    ],
 }
 
 

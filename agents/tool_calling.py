@@ -91,6 +91,12 @@ TOOLSETS: dict[str, list[Tool]] = {
              {"block": _string("the block you hold"), "on_block": _string("the clear block to put it on")},
              lambda a: f"stack the {_block(a['block'])} block on top of the {_block(a['on_block'])} block"),
     ],
+    "Search": [  # the env's own protocol tags are the actions
+        Tool("search", "Search the corpus; the top passages come back.", {"query": _string("the search query")},
+             lambda a: f"<search> {a['query']} </search>"),
+        Tool("answer", "Give the final answer (a few words, no explanation).", {"answer": _string("the answer")},
+             lambda a: f"<answer> {a['answer']} </answer>"),
+    ],
 }
 
 # Exemplar actions -> tool calls (the exemplars are stored as action text).
@@ -103,6 +109,9 @@ _BW = [
 ]
 
 
+_SEARCH_ACTION = re.compile(r"^\s*<(search|answer)>(.*?)</\1>\s*$", re.DOTALL)
+
+
 def action_to_call(family: str, action: str) -> dict[str, Any]:
     """The tool call that stands for an exemplar action."""
     if family == "Game24":
@@ -110,6 +119,10 @@ def action_to_call(family: str, action: str) -> dict[str, Any]:
         if m:
             return {"name": "combine", "arguments": {"a": m.group(1), "op": m.group(2), "b": m.group(3)}}
         return {"name": "answer", "arguments": {"expression": action}}
+    if family == "Search":
+        m = _SEARCH_ACTION.match(action)
+        if m:
+            return {"name": m.group(1), "arguments": {"query" if m.group(1) == "search" else "answer": m.group(2).strip()}}
     if family == "BlocksWorld":
         for pattern, name, keys in _BW:
             m = pattern.match(action)

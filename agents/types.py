@@ -2,7 +2,8 @@
 
 ``SamplingParams`` and ``Completion`` are the engine interface's data;
 ``Step`` and ``Trajectory`` are what the runner produces and the trainers and
-benchmarks consume (saved as JSONL, one trajectory per line).
+benchmarks consume (saved as JSONL, one trajectory per line, or as Parquet,
+one row per trajectory, with pyarrow).
 
 Token in, token out: ``Completion.token_ids`` are the ids the engine sampled
 and ``Completion.logprobs`` their log-probabilities under the sampling
@@ -172,8 +173,10 @@ def trajectory_to_json(traj: Trajectory) -> str:
 
 
 def save_trajectories(trajectories: Iterable[Trajectory], path: str | os.PathLike) -> Path:
-    """Write trajectories as JSONL atomically (temp file + rename)."""
+    """Write trajectories as JSONL atomically (temp file + rename); a ``.parquet`` path writes Parquet."""
     path = Path(path)
+    if path.suffix == ".parquet":
+        return save_trajectories_parquet(trajectories, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -188,7 +191,9 @@ def save_trajectories(trajectories: Iterable[Trajectory], path: str | os.PathLik
 
 
 def load_trajectories(path: str | os.PathLike) -> list[Trajectory]:
-    """Read a JSONL file written by :func:`save_trajectories`."""
+    """Read a JSONL file written by :func:`save_trajectories` (or a ``.parquet`` file: Parquet)."""
+    if Path(path).suffix == ".parquet":
+        return load_trajectories_parquet(path)
     return list(iter_trajectories(path))
 
 
@@ -201,3 +206,91 @@ def iter_trajectories(path: str | os.PathLike) -> Iterator[Trajectory]:
                 yield Trajectory.from_dict(json.loads(line))
             except (json.JSONDecodeError, TypeError) as exc:
                 raise ValueError(f"{path}:{lineno}: not a trajectory record ({exc})") from exc
+
+
+# ---- Parquet ----------------------------------------------------------------------------------------
+#
+# One row per trajectory, as in the JSONL files; ``steps`` is a list of structs with typed columns (token
+# ids as int64 lists, log-probs as float64 lists, so nothing is rounded) that Arrow tools (pandas, polars,
+# DuckDB, HF datasets) read directly. Free-form fields (a step's ``prompt``, ``state_key`` and ``info``, a
+# trajectory's ``meta``) are JSON text, written the way the JSONL writer writes them, so a Parquet round trip
+# gives what a JSONL round trip gives. pyarrow is optional: pip install 'turngym[parquet]'.
+
+
+def _parquet_modules():
+    from turngym.errors import require
+
+    pa = require("pyarrow", "parquet", "Parquet trajectory files")
+    return pa, require("pyarrow.parquet", "parquet", "Parquet trajectory files")
+
+
+def _parquet_schema(pa: Any):
+    text, real, flag = pa.string(), pa.float64(), pa.bool_()
+    step = pa.struct([
+        ("observation", text), ("prompt", text), ("response", text), ("action", text), ("reward", real),
+        ("terminated", flag), ("truncated", flag), ("action_valid", flag), ("state_key", text),
+        ("progress", real), ("info", text), ("prompt_ids", pa.list_(pa.int64())),
+        ("response_ids", pa.list_(pa.int64())), ("response_logprobs", pa.list_(real)),
+        ("finish_reason", text), ("context_mode", text), ("gen_seconds", real), ("env_seconds", real),
+    ])
+    schema = pa.schema([
+        ("env_id", text), ("task_id", text), ("group_id", text), ("seed", pa.int64()), ("steps", pa.list_(step)),
+        ("won", flag), ("total_reward", real), ("truncated", flag), ("error", text), ("agent", text),
+        ("model", text), ("timings", pa.map_(text, real)), ("meta", text),
+    ], metadata={b"turngym": b"trajectories/1"})
+    # the dataclasses and the schema must name the same fields (a new field needs a column here)
+    assert [f.name for f in step] == list(Step.__dataclass_fields__), "Parquet step schema is out of date"
+    assert schema.names == list(Trajectory.__dataclass_fields__), "Parquet trajectory schema is out of date"
+    return schema
+
+
+def _parquet_record(traj: Trajectory) -> dict[str, Any]:
+    record = traj.to_dict()
+    record["meta"] = json.dumps(record["meta"], default=_jsonable)
+    record["timings"] = list(record["timings"].items())
+    for step in record["steps"]:
+        for key in ("prompt", "state_key", "info"):
+            step[key] = json.dumps(step[key], default=_jsonable)
+    return record
+
+
+def save_trajectories_parquet(trajectories: Iterable[Trajectory], path: str | os.PathLike) -> Path:
+    """Write trajectories to one Parquet file atomically (temp file + rename); needs pyarrow."""
+    pa, pq = _parquet_modules()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([_parquet_record(t) for t in trajectories], schema=_parquet_schema(pa))
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_trajectories_parquet(path: str | os.PathLike) -> list[Trajectory]:
+    """Read a Parquet file written by :func:`save_trajectories_parquet`; needs pyarrow."""
+    pa, pq = _parquet_modules()
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"{path}: not a Parquet file ({exc})") from exc
+    missing = set(_parquet_schema(pa).names) - set(table.column_names)
+    if missing:
+        raise ValueError(f"{path}: not a turngym trajectory file (no column(s) {sorted(missing)}); "
+                         "write it with save_trajectories_parquet")
+    out = []
+    for record in table.to_pylist():
+        record["meta"] = json.loads(record["meta"]) if record["meta"] is not None else {}
+        record["timings"] = dict(record["timings"] or [])
+        for step in record["steps"] or []:
+            for key in ("prompt", "state_key", "info"):
+                step[key] = json.loads(step[key]) if step[key] is not None else None
+            if step["info"] is None:
+                step["info"] = {}
+        record["steps"] = record["steps"] or []
+        out.append(Trajectory.from_dict(record))
+    return out

@@ -9,6 +9,11 @@ Three measurements, each printed as a table and written to ``--out`` (JSON):
    live episodes). Printed side by side with the ratio of wall times and of
    generated tokens/s (the texts can differ slightly between the two runs:
    padded batches change float rounding; tokens/s is the fair ratio).
+   ``--prefix-cache compare`` plays each of the two runs twice, with the hf
+   engine's prefix KV cache off and on (side by side, off then on), and adds
+   the on/off ratios and the prompt tokens each run prefilled. Every run
+   starts with an empty cache (as a rollout phase does after a weight
+   update).
 2. **envs** -- env-steps/s of every registered Gymnasium env alone with the
    random agent: a bare ``env.step`` loop (the env's own speed) and through
    the runner's thread pool with 16 live episodes (what the runner adds).
@@ -23,6 +28,7 @@ Three measurements, each printed as a table and written to ``--out`` (JSON):
 
     python benchmarks/rollout_throughput.py                       # all three, embedded SmolLM2
     python benchmarks/rollout_throughput.py --parts batch --episodes 16 --batch 16
+    python benchmarks/rollout_throughput.py --parts batch --prefix-cache compare --env turngym/BlocksWorld-v0
     python benchmarks/rollout_throughput.py --parts preact --latency 1.0
 
 This script may import every layer of turngym.
@@ -31,11 +37,13 @@ This script may import every layer of turngym.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -98,40 +106,107 @@ class PacedEngine:
 # ---- 1. batched vs sequential ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def prefix_cache(engine: Any, enabled: bool) -> Iterator[None]:
+    """The hf engine's prefix KV cache on or off for the duration, emptied at the start and its counters reset."""
+    if not hasattr(engine, "prefix_cache"):
+        if enabled:
+            yield
+            return
+        raise SystemExit(f"--prefix-cache off/compare needs the hf engine ({engine.name} has no prefix cache)")
+    saved = engine.prefix_cache
+    if enabled and saved is None:
+        raise SystemExit(f"{engine.name} runs without a prefix cache: {engine.prefix_cache_off_reason}")
+    engine.clear_prefix_cache()
+    engine.prefill_stats.reset()
+    engine.prefix_cache = saved if enabled else None
+    try:
+        yield
+    finally:
+        engine.prefix_cache = saved
+        engine.clear_prefix_cache()
+
+
+def _cache_settings(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    return {"on": [("", True)], "off": [("", False)], "compare": [(" off", False), (" on", True)]}[args.prefix_cache]
+
+
 def measure_batching(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
     specs = plan_episodes(args.env, split=args.split, num_tasks=args.episodes, seed=args.seed)
-    rows = {}
-    for label, concurrent in (("sequential", 1), ("batched", args.batch)):
-        agent = make_agent("react", args.env, max_tokens=args.max_tokens, temperature=args.temperature)
-        runner = EpisodeRunner(args.env, agent, engine, max_concurrent=concurrent, max_steps=args.max_steps)
-        result = runner.run(specs)
-        s = result.stats
-        rows[label] = {"max_concurrent": concurrent, "episodes": s.episodes, "wall_s": s.wall_s,
-                       "generate_calls": s.generate_calls, "generated_tokens": s.generated_tokens,
-                       "tokens_per_s": s.tokens_per_s, "env_steps": s.env_steps,
-                       "env_steps_per_s": s.env_steps_per_s, "generate_s": s.generate_s,
-                       "env_s": s.env_wait_s, "other_s": s.other_s,
-                       "successes": sum(t.won for t in result.trajectories)}
-        print(f"  {label}: {s.wall_s:.1f}s, {s.generated_tokens} tokens, {s.generate_calls} generate calls",
-              file=sys.stderr, flush=True)
-    seq, bat = rows["sequential"], rows["batched"]
-    rows["ratio_wall"] = seq["wall_s"] / bat["wall_s"] if bat["wall_s"] else float("nan")
-    rows["ratio_tokens_per_s"] = bat["tokens_per_s"] / seq["tokens_per_s"] if seq["tokens_per_s"] else float("nan")
-    rows["engine_only"] = _engine_only(engine, specs, args)
+    rows: dict[str, Any] = {"prefix_cache": args.prefix_cache}
+    labels = []
+    for mode, concurrent in (("sequential", 1), ("batched", args.batch)):
+        for suffix, enabled in _cache_settings(args):
+            label = mode + suffix
+            labels.append(label)
+            agent = make_agent("react", args.env, max_tokens=args.max_tokens, temperature=args.temperature)
+            runner = EpisodeRunner(args.env, agent, engine, max_concurrent=concurrent, max_steps=args.max_steps)
+            with prefix_cache(engine, enabled):
+                result = runner.run(specs)
+                prefill = engine.prefill_stats.to_dict() if hasattr(engine, "prefill_stats") else {}
+            s = result.stats
+            rows[label] = {"max_concurrent": concurrent, "prefix_cache": enabled, "episodes": s.episodes,
+                           "wall_s": s.wall_s, "generate_calls": s.generate_calls,
+                           "generated_tokens": s.generated_tokens, "tokens_per_s": s.tokens_per_s,
+                           "env_steps": s.env_steps, "env_steps_per_s": s.env_steps_per_s,
+                           "generate_s": s.generate_s, "env_s": s.env_wait_s, "other_s": s.other_s,
+                           "successes": sum(t.won for t in result.trajectories), "prefill": prefill}
+            print(f"  {label}: {s.wall_s:.1f}s, {s.generated_tokens} tokens, {s.generate_calls} generate calls",
+                  file=sys.stderr, flush=True)
+    for suffix, _ in _cache_settings(args):
+        seq, bat = rows["sequential" + suffix], rows["batched" + suffix]
+        key = suffix.strip() or None
+        rows["ratio_wall" + (f"_cache_{key}" if key else "")] = _ratio(seq["wall_s"], bat["wall_s"])
+        rows["ratio_tokens_per_s" + (f"_cache_{key}" if key else "")] = _ratio(bat["tokens_per_s"],
+                                                                              seq["tokens_per_s"])
+    if args.prefix_cache == "compare":
+        rows["ratio_wall"] = rows["ratio_wall_cache_on"]  # the engine's default
+        rows["ratio_tokens_per_s"] = rows["ratio_tokens_per_s_cache_on"]
+        for mode in ("sequential", "batched"):
+            rows[f"cache_on_vs_off_{mode}"] = {
+                "wall": _ratio(rows[mode + " off"]["wall_s"], rows[mode + " on"]["wall_s"]),
+                "generate": _ratio(rows[mode + " off"]["generate_s"], rows[mode + " on"]["generate_s"]),
+                "tokens_per_s": _ratio(rows[mode + " on"]["tokens_per_s"], rows[mode + " off"]["tokens_per_s"])}
+        rows["batched_on_vs_sequential_off_wall"] = _ratio(rows["sequential off"]["wall_s"],
+                                                           rows["batched on"]["wall_s"])
+    with prefix_cache(engine, args.prefix_cache != "off"):
+        rows["engine_only"] = _engine_only(engine, specs, args)
     print(f"\n== batched x{args.batch} vs sequential: {args.episodes} ReAct episodes of {args.env} "
-          f"({args.max_steps} steps max, {args.max_tokens} tokens max per reply, {engine.name}) ==")
-    print(f"{'':12} {'wall s':>8} {'gen s':>8} {'env s':>7} {'calls':>6} {'tokens':>7} {'tok/s':>8} {'steps/s':>8}")
-    for label in ("sequential", "batched"):
-        r = rows[label]
-        print(f"{label:12} {r['wall_s']:8.1f} {r['generate_s']:8.1f} {r['env_s']:7.2f} {r['generate_calls']:6d} "
-              f"{r['generated_tokens']:7d} {r['tokens_per_s']:8.1f} {r['env_steps_per_s']:8.2f}")
-    print(f"ratio: wall {rows['ratio_wall']:.2f}x, tokens/s {rows['ratio_tokens_per_s']:.2f}x")
+          f"({args.max_steps} steps max, {args.max_tokens} tokens max per reply, {engine.name}, "
+          f"prefix cache {args.prefix_cache}) ==")
+    print(f"{'':15} {'wall s':>8} {'gen s':>8} {'env s':>7} {'calls':>6} {'tokens':>7} {'tok/s':>8} {'steps/s':>8} "
+          f"{'prompt tok':>11} {'prefilled':>10} {'padded':>8}")
+    for label in labels:
+        r, f = rows[label], rows[label]["prefill"]
+        print(f"{label:15} {r['wall_s']:8.1f} {r['generate_s']:8.1f} {r['env_s']:7.2f} {r['generate_calls']:6d} "
+              f"{r['generated_tokens']:7d} {r['tokens_per_s']:8.1f} {r['env_steps_per_s']:8.2f} "
+              f"{f.get('prompt_tokens', 0):11d} {f.get('prefill_tokens', 0):10d} {f.get('padded_tokens', 0):8d}")
+    for suffix, _ in _cache_settings(args):
+        key = suffix.strip()
+        tail = f"_cache_{key}" if key else ""
+        print(f"batched vs sequential{' (cache ' + key + ')' if key else ''}: wall {rows['ratio_wall' + tail]:.2f}x, "
+              f"tokens/s {rows['ratio_tokens_per_s' + tail]:.2f}x")
+    if args.prefix_cache == "compare":
+        for mode in ("sequential", "batched"):
+            c, f = rows[f"cache_on_vs_off_{mode}"], rows[mode + " on"]["prefill"]
+            print(f"prefix cache on vs off, {mode}: wall {c['wall']:.2f}x, generate {c['generate']:.2f}x, "
+                  f"tokens/s {c['tokens_per_s']:.2f}x; prefilled {f['prefill_tokens']} of {f['prompt_tokens']} "
+                  f"prompt tokens ({_share(f['saved_tokens'], f['prompt_tokens'])} saved)")
+        print(f"batched with cache vs sequential without: wall {rows['batched_on_vs_sequential_off_wall']:.2f}x")
     e = rows["engine_only"]
     print(f"engine alone on the {e['prompts']} first-turn prompts ({e['prompt_tokens']} prompt tokens each on "
-          f"average): one by one {e['sequential_s']:.1f}s, one batch {e['batched_s']:.1f}s -> "
-          f"{e['ratio']:.2f}x; decode only ({e['decode_tokens']} tokens after a 1-token prompt each): "
-          f"{e['decode_ratio']:.2f}x")
+          f"average, prefix cache {'off' if args.prefix_cache == 'off' else 'on'}, emptied before each): one by one "
+          f"{e['sequential_s']:.1f}s, one batch {e['batched_s']:.1f}s -> {e['ratio']:.2f}x; decode only "
+          f"({e['decode_tokens']} tokens after a 1-token prompt each): {e['decode_ratio']:.2f}x")
     return rows
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
 
 
 def _engine_only(engine: Any, specs: list, args: argparse.Namespace) -> dict[str, Any]:
@@ -147,10 +222,13 @@ def _engine_only(engine: Any, specs: list, args: argparse.Namespace) -> dict[str
         prompts.append(engine.render(turn.messages))
     params = [SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=i)
               for i in range(len(prompts))]
+    clear = getattr(engine, "clear_prefix_cache", lambda: None)
+    clear()
     start = time.perf_counter()
     for p, sp in zip(prompts, params):
         engine.generate([p], sp)
     one_by_one = time.perf_counter() - start
+    clear()
     start = time.perf_counter()
     engine.generate(prompts, params)
     batched = time.perf_counter() - start
@@ -278,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preact-episodes", type=int, default=8)
     p.add_argument("--preact-steps", type=int, default=3)
     p.add_argument("--paced-tokens-per-s", type=float, default=40.0, help="token rate of the controlled stream")
+    p.add_argument("--prefix-cache", choices=("on", "off", "compare"), default="on",
+                   help="hf engine's prefix KV cache in the batch comparison; compare: both, side by side")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", default="results/rollout_throughput.json")
     args = p.parse_args(argv)

@@ -105,6 +105,12 @@ register(
     max_episode_steps=10,
     description="Combine four numbers with + - * / into 24, one operation per turn (Tree-of-Thoughts / FoR).",
 )
+register(
+    "turngym/Search-v0",
+    entry_point="turngym.envs.search.env:SearchEnv",
+    max_episode_steps=5,  # Search-R1: max_turns=4 search turns + the answer turn
+    description="Answer questions by searching a corpus with <search>/<answer> turns, exact-match reward (Search-R1).",
+)
 register(  # PettingZoo (multi-agent): not in gym.registry; build it with turngym.envs.werewolf.env(**config)
     "turngym/Werewolf-v0",
     entry_point="turngym.envs.werewolf:env",

@@ -69,7 +69,8 @@ class EnvConfig:
 
 @dataclass
 class AgentConfig:
-    name: str = _f("react", "agent: react, p-react or tool (see `turngym bench --help`)")
+    name: str = _f("react", "agent: react, p-react, tool or chat (see `turngym bench --list`); multi-agent envs "
+                            "(Werewolf) use their runner's LLM policy, whatever the name")
     options: dict = _f({}, "agent constructor options (e.g. {context: full, window: 4, num_exemplars: 1})")
     temperature: float = _f(1.0, "rollout sampling temperature (the loss uses the same one)")
     top_p: float = _f(1.0, "rollout nucleus mass; keep 1.0 for on-policy log-probs")
@@ -91,7 +92,8 @@ class AlgoConfig:
     estimator: str = _f("grpo", "advantage estimator from turngym.credit (grpo, dr_grpo, rloo, reinforce_pp, gigpo, "
                                 "gae, spa, igpo, stratified_grpo, empg)")
     estimator_kwargs: dict = _f({}, "estimator hyper-parameters (e.g. {step_weight: 1.0, gamma: 0.95} for gigpo)")
-    objective: str = _f("ppo", "'ppo' (PPO-clip / GRPO loss) or 'tb' (FoR's GFlowNet trajectory balance)")
+    objective: str = _f("ppo", "'ppo' (PPO-clip / GRPO loss), 'tb' (FoR's GFlowNet trajectory balance) or "
+                               "'step_dpo' (Agent Q: step-level DPO on pairs from search over env snapshots)")
     sample_mode: str = _f("auto", "'stepwise' (each turn one sample), 'in_context' (the transcript one sequence) or "
                                   "'auto' (one sequence per unbroken run of turns)")
     ppo_epochs: int = _f(1, "passes over each iteration's samples")
@@ -122,6 +124,9 @@ class AlgoConfig:
     # IGPO (arXiv 2510.14967)
     igpo_answer_template: str = _f("<answer> {answer} </answer>", "IGPO: the text teacher-forced after each turn to "
                                    "score the gold answer ({answer} is replaced by it)")
+    # Agent Q step-level DPO (arXiv 2408.07199)
+    dpo_beta: float = _f(0.1, "step_dpo: DPO temperature beta")
+    dpo_margin: float = _f(0.0, "step_dpo: a pair needs Q(best) - Q(worst) above this")
     # FoR trajectory balance (arXiv 2406.05673)
     tb_logz_lr: float = _f(0.1, "learning rate of FoR's learned log Z")
     tb_reward_floor: float = _f(1e-4, "FoR: log R = log(max(R, floor)) so failed trajectories stay finite")

@@ -92,7 +92,7 @@ from turngym.trainers.runlog import (
     set_rng_state,
 )
 
-OBJECTIVES = ("ppo", "tb")
+OBJECTIVES = ("ppo", "tb", "step_dpo")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -155,7 +155,7 @@ class RLTrainer:
 
         from turngym.trainers.model import Reference, trainable_parameters
 
-        self.reference = Reference(self.model) if cfg.algo.kl_coef > 0 else None
+        self.reference = Reference(self.model) if cfg.algo.kl_coef > 0 or cfg.algo.objective == "step_dpo" else None
         params = trainable_parameters(self.model)
         if not params:
             raise TurngymError("the model has no trainable parameters")
@@ -175,7 +175,8 @@ class RLTrainer:
         if resume:
             self._resume()
         self.engine = engine if engine is not None else self._make_engine()
-        self.agent = self._make_agent(cfg.agent.temperature)
+        # Multi-agent envs (Werewolf) prompt through their own runner's policy (agent.options go to it).
+        self.agent = None if _is_multi_agent(cfg.env.id) else self._make_agent(cfg.agent.temperature)
         self.log = MetricsLog(self.run_dir, cfg.run.tensorboard)
         from turngym.trainers.runlog import write_atomic
 
@@ -191,6 +192,8 @@ class RLTrainer:
         from turngym.trainers.config import ConfigError
 
         a, cfg = self.cfg.algo, self.cfg
+        if a.objective == "step_dpo" and _is_multi_agent(cfg.env.id):
+            raise ConfigError("algo.objective=step_dpo searches env snapshots: it needs a single-agent env")
         if a.estimator not in ESTIMATORS and a.objective == "ppo":
             raise ConfigError(f"algo.estimator={a.estimator!r} is not a credit estimator; known: {', '.join(ESTIMATORS)}")
         if a.objective not in OBJECTIVES:
@@ -344,6 +347,8 @@ class RLTrainer:
 
     def rollout(self, iteration: int) -> tuple[list[Trajectory], Any]:
         cfg = self.cfg
+        if _is_multi_agent(cfg.env.id):
+            return self._selfplay_rollout(iteration)
         specs = plan_episodes(cfg.env.id, split=cfg.env.split, num_tasks=cfg.rollout.tasks_per_iter,
                               group_size=cfg.rollout.group_size, seed=derive_seed(cfg.run.seed, iteration),
                               env_kwargs=cfg.env.kwargs)
@@ -352,10 +357,50 @@ class RLTrainer:
         result = runner.run(specs)
         return result.trajectories, result.stats
 
+    def _selfplay_rollout(self, iteration: int) -> tuple[list[Trajectory], Any]:
+        """Werewolf self-play: ``tasks_per_iter x group_size`` games; the LLM seats' trajectories, grouped by role.
+
+        ``env.kwargs``: ``lineup`` (default ``all=llm``: every seat is the policy), ``preset`` (default
+        ``lspo7``) and any rules field. Each game is a different deal, so a group is one role across this
+        iteration's games (the role's mean outcome is the baseline).
+        """
+        from types import SimpleNamespace
+
+        from turngym.agents.werewolf_runner import WerewolfLLMPolicy, WerewolfRunner
+
+        cfg = self.cfg
+        kwargs = dict(cfg.env.kwargs)
+        lineup, preset = kwargs.pop("lineup", "all=llm"), kwargs.pop("preset", "lspo7")
+        kwargs.pop("eval_lineup", None)
+        a = cfg.agent
+        llm = WerewolfLLMPolicy(temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens, **a.options)
+        runner = WerewolfRunner(self.engine, lineup=lineup, preset=preset, env_config=kwargs, llm=llm,
+                                max_concurrent=cfg.rollout.max_concurrent)
+        n = cfg.rollout.tasks_per_iter * cfg.rollout.group_size
+        result = runner.run([derive_seed(cfg.run.seed, iteration, k) for k in range(n)])
+        trajs = [t for t in result.trajectories if t.steps]
+        for t in trajs:
+            t.group_id = f"{iteration}|{t.meta.get('role', '')}"
+        st = result.stats
+        prompt_tokens = sum(len(s.prompt_ids or []) for t in trajs for s in t.steps)
+        stats = SimpleNamespace(generate_s=st.get("generate_s", 0.0), env_wait_s=0.0,
+                                generated_tokens=st.get("generated_tokens", 0), prompt_tokens=prompt_tokens,
+                                env_steps=sum(t.num_turns for t in trajs))
+        return trajs, stats
+
     def iteration(self) -> dict[str, Any]:
         """One rollout + update; returns (and logs) its metrics."""
         a = self.cfg.algo
         it = self.iteration_done + 1
+        if a.objective == "step_dpo":
+            from turngym.trainers.step_dpo import step_dpo_iteration
+
+            record = step_dpo_iteration(self, it)
+            self._sync_engine()
+            self.iteration_done = it
+            record.update({"lr": self.scheduler.get_last_lr()[0], "weights_version": self.weights_version})
+            self.log.write(record)
+            return record
         t_start = time.perf_counter()
         trajs, stats = self.rollout(it)
         t_rollout = time.perf_counter() - t_start
@@ -677,6 +722,31 @@ class RLTrainer:
         loss = per.sum() / norms["num_trajs"]
         return loss, {"tb_loss": float(per.detach().mean()), "tb_residual_abs": float(per.detach().sqrt().mean())}
 
+    def _selfplay_evaluate(self, games: int) -> dict[str, Any]:
+        """Werewolf: the policy's seats' win rate over ``games`` fixed deals (``env.kwargs.eval_lineup``, default
+        the LLM village against rule-based wolves)."""
+        from turngym.agents.werewolf_runner import WerewolfLLMPolicy, WerewolfRunner
+
+        cfg = self.cfg
+        kwargs = dict(cfg.env.kwargs)
+        kwargs.pop("lineup", None)
+        lineup = kwargs.pop("eval_lineup", "village=llm,wolves=rule")
+        preset = kwargs.pop("preset", "lspo7")
+        a = cfg.agent
+        llm = WerewolfLLMPolicy(temperature=cfg.run.eval_temperature, top_p=1.0, max_tokens=a.max_tokens, **a.options)
+        t0 = time.perf_counter()
+        result = WerewolfRunner(self.engine, lineup=lineup, preset=preset, env_config=kwargs, llm=llm,
+                                max_concurrent=cfg.rollout.max_concurrent).run(
+            [derive_seed(cfg.run.seed, 99991, k) for k in range(games)])
+        seats = [t for t in result.trajectories if t.meta.get("policy") == "llm"]
+        wins = sum(t.won for t in seats)
+        lo, hi = wilson_interval(wins, len(seats))
+        record = {"kind": "eval", "iteration": self.iteration_done, "split": lineup, "episodes": len(seats),
+                  "games": len(result.games), "success_rate": wins / len(seats) if seats else 0.0, "ci_low": lo,
+                  "ci_high": hi, "time_eval": time.perf_counter() - t0}
+        self.log.write(record)
+        return record
+
     # ---- evaluation ---------------------------------------------------------------------------------------
 
     def evaluate(self, split: str | None = None, num_tasks: int | None = None) -> dict[str, Any]:
@@ -684,6 +754,8 @@ class RLTrainer:
         cfg = self.cfg
         split = split or cfg.env.eval_split
         n = num_tasks or cfg.run.eval_tasks
+        if _is_multi_agent(cfg.env.id):
+            return self._selfplay_evaluate(n)
         specs = plan_episodes(cfg.env.id, split=split, num_tasks=n, group_size=1, seed=derive_seed(cfg.run.seed, 99991),
                               env_kwargs=cfg.env.kwargs)
         agent = self._make_agent(cfg.run.eval_temperature)
@@ -709,6 +781,13 @@ class RLTrainer:
 def _penalize_invalid(traj: Trajectory, penalty: float) -> Trajectory:
     steps = [replace(s, reward=s.reward - penalty) if not s.action_valid else s for s in traj.steps]
     return replace(traj, steps=steps, total_reward=float(sum(s.reward for s in steps)))
+
+
+def _is_multi_agent(env_id: str) -> bool:
+    from turngym.envs import registry
+
+    entry = registry().get(env_id)
+    return entry is not None and entry.kind == "pettingzoo"
 
 
 def gold_answer(traj: Trajectory) -> str:

@@ -29,7 +29,11 @@ Sampling is inverse-CDF over the temperature-scaled distribution (in
 token-id order; with top-p, over the nucleus, most likely token first),
 with ONE uniform number per generated token drawn from the request's own
 ``torch.Generator``: the same seed and prompt give the same completion
-whatever else is in the batch.
+whatever else is in the batch, up to float rounding: another batch shape,
+or a prefix taken from the prefix cache, changes the last bits of the
+logits, which changes a sampled token only when its uniform number lies
+within that rounding of a CDF boundary (rare; with ``prefix_cache=False``
+and the same batch, results are bitwise reproducible).
 The same ``SamplingParams`` broadcast to several prompts gives them all the
 same seed, so identical prompts then get identical completions: give each
 rollout its own seed (or ``seed=None``, drawn from torch's global RNG).
@@ -52,6 +56,44 @@ one; SmolLM2's adds none) unless the text already starts with them, and never
 an EOS suffix. So a text rendered by ``apply_chat_template(tokenize=False)``,
 which carries its BOS, is not given a second one.
 
+Prefix KV cache (``prefix_cache=True``, the default). Agent prompts repeat
+themselves: every row and episode starts with the same system prompt and
+few-shot exemplars, the G rollouts of a task share their whole first prompt,
+and a multi-turn prompt extends the previous turn's prompt + sampled reply.
+:class:`PrefixKVCache` keeps the keys/values of token sequences already run
+through the model in a radix tree (one node per shared stretch of tokens, so
+the system prompt is stored once), bounded in bytes (``prefix_cache_bytes``;
+least recently used leaves go first). A batch's prefill then takes each row's
+longest cached prefix from the tree and runs only the rest:
+
+* the layout of the batch is the one without a cache (every row right-aligned
+  at the width of the longest prompt); the first ``width - new`` columns come
+  from the tree, where ``new`` is the longest uncached suffix of any row; a
+  row with a shorter suffix recomputes a few cached tokens in columns that
+  would otherwise be padding, so the prefill costs ``rows x new`` positions
+  and the mask has no holes;
+* before that, prefixes that several rows of the batch share and the tree
+  lacks are computed ONCE (one short batch of the distinct shared prefixes,
+  themselves deduplicated the same way) and put into the tree: a cold batch
+  of 16 rows pays for its system prompt once, not 16 times;
+* a finished row's prompt + reply (all of it but the last sampled token,
+  which was never fed) goes into the tree, so the next turn of a full-context
+  episode prefills only the new observation.
+
+Keys/values are the same numbers a full prefill computes, up to float
+rounding of differently shaped matmuls (fp32: ~1e-6 on log-probs; the sampled
+tokens are the same). The cache belongs to the weights it was computed with:
+it is emptied by :meth:`HFEngine.update_weights`, by
+:meth:`HFEngine.clear_prefix_cache`, and automatically whenever any parameter
+or buffer of the model changed since it was filled (an optimizer step or a
+``load_state_dict`` on ``engine.model`` bumps the tensors' version counters,
+which every ``generate`` call checks). Things that change the forward pass
+without touching a tensor (peft's ``disable_adapter()`` context) need an
+explicit :meth:`~HFEngine.clear_prefix_cache`. Models whose cache is not a
+plain full-attention ``DynamicCache`` (sliding-window layers) run without it.
+``engine.prefill_stats`` counts prompt tokens, tokens taken from the cache
+and tokens actually prefilled.
+
 Weights are shared, not copied: ``engine.model`` is the ``nn.Module`` a
 trainer optimizes, and ``generate`` always samples from the current weights.
 It runs under ``torch.no_grad()`` in eval mode (dropout off) and restores
@@ -64,7 +106,9 @@ are imported lazily (the ``hf`` extra).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import inspect
+import itertools
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -73,8 +117,8 @@ from pathlib import Path
 from typing import Any
 
 from turngym.agents.engines.base import OnText, find_stop, per_prompt_sampling
-from turngym.agents.engines.prompts import PromptEncoder
 from turngym.agents.engines.default_model import read_model_info, resolve_model
+from turngym.agents.engines.prompts import PromptEncoder
 from turngym.agents.types import Completion, Prompt, SamplingParams
 from turngym.errors import require
 
@@ -126,6 +170,199 @@ class _Row:
     finish: str | None = None
 
 
+#: Default memory bound of the prefix KV cache (bytes, on the model's device).
+DEFAULT_PREFIX_CACHE_BYTES = 1 << 30
+
+#: A prefix several rows of a batch share is computed once when at least this many of its tokens are new.
+_MIN_SHARED = 16
+
+
+@dataclass
+class PrefillStats:
+    """Prompt-side work of an :class:`HFEngine` (counts of tokens; see "Prefix KV cache").
+
+    Attributes:
+        prompt_tokens: tokens of the prompts given to ``generate``.
+        cached_tokens: of those, tokens whose keys/values came from the prefix cache.
+        prefill_tokens: tokens run through the model by prefill passes, the
+            passes over prefixes shared within a batch included (padding excluded).
+        padded_tokens: positions those passes computed, padding included (rows x width).
+        prefill_passes: prefill forward calls.
+    """
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    prefill_tokens: int = 0
+    padded_tokens: int = 0
+    prefill_passes: int = 0
+
+    @property
+    def saved_tokens(self) -> int:
+        """Prompt tokens that did not have to be prefilled."""
+        return self.prompt_tokens - self.prefill_tokens
+
+    def reset(self) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, 0)
+
+    def to_dict(self) -> dict[str, int]:
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["saved_tokens"] = self.saved_tokens
+        return out
+
+
+class _Node:
+    """A stretch of tokens in the prefix tree and their keys/values ``[layers, 2, heads, len, head_dim]``."""
+
+    __slots__ = ("children", "kv", "last_used", "parent", "tokens")
+
+    def __init__(self, tokens: list[int], kv: Any, parent: _Node | None, last_used: int = 0):
+        self.tokens, self.kv, self.parent = tokens, kv, parent
+        self.children: dict[int, _Node] = {}
+        self.last_used = last_used
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.numel() * self.kv.element_size() if self.kv is not None else 0
+
+
+class PrefixKVCache:
+    """Keys/values of token sequences already run through a model, in a radix tree bounded in bytes.
+
+    Each node holds a stretch of tokens (an edge of the tree) and their
+    keys/values for every layer as one tensor ``[layers, 2, kv_heads, tokens,
+    head_dim]``; a sequence's keys/values are those of the nodes on its path,
+    so a prefix many sequences share is stored once. :meth:`lookup` finds the
+    longest stored prefix of a sequence, :meth:`gather` copies such prefixes
+    into a left-padded batch, :meth:`insert` stores a sequence (only the part
+    the tree lacks is copied), and leaves least recently looked up or stored
+    are evicted while the tree holds more than ``max_bytes``. Not thread-safe:
+    the engine uses it under its lock.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
+        self.max_bytes = int(max_bytes)
+        self.fingerprint: Any = None
+        self.invalidations = 0  # times a non-empty cache was emptied because the weights changed
+        self.evicted_tokens = 0
+        self._tick = 0
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._root = _Node([], None, None)
+        self.bytes = 0
+        self.tokens = 0
+
+    def check_weights(self, fingerprint: Any) -> None:
+        """Empty the cache when ``fingerprint`` (of the model's tensors) differs from the one it was filled under."""
+        if fingerprint != self.fingerprint:
+            if self.tokens:
+                self.invalidations += 1
+            self.clear()
+            self.fingerprint = fingerprint
+
+    def lookup(self, ids: Sequence[int], limit: int | None = None) -> tuple[int, list[tuple[_Node, int]]]:
+        """Longest stored prefix of ``ids[:limit]``: its length and path (nodes, tokens used of each)."""
+        limit = len(ids) if limit is None else min(limit, len(ids))
+        self._tick += 1
+        node, pos, path = self._root, 0, []
+        while pos < limit:
+            child = node.children.get(ids[pos])
+            if child is None:
+                break
+            k = min(_common_prefix_length(child.tokens, ids[pos:pos + len(child.tokens)]), limit - pos)
+            child.last_used = self._tick
+            path.append((child, k))
+            pos += k
+            if k < len(child.tokens):
+                break
+            node = child
+        return pos, path
+
+    def gather(self, rows: Sequence[tuple[int, list[tuple[_Node, int]]]], width: int, layer: int):
+        """Keys/values ``[2, rows, heads, width, head_dim]`` of one layer: row b's first ``used`` cached tokens
+        right-aligned (zeros before them), for ``rows`` of ``(used, path from lookup)``. One layer at a time,
+        so that a prefill holds one extra layer, not a second copy of the batch's cache."""
+        first = next(node for _, path in rows for node, _ in path)
+        _, _, heads, _, head_dim = first.kv.shape
+        out = first.kv.new_zeros((2, len(rows), heads, width, head_dim))
+        for b, (used, path) in enumerate(rows):
+            at = width - used
+            for node, k in path:
+                take = min(k, used)
+                if take <= 0:
+                    break
+                out[:, b, :, at:at + take] = node.kv[layer, :, :, :take]
+                at += take
+                used -= take
+        return out
+
+    @property
+    def num_layers(self) -> int:
+        """Layers of the stored keys/values (0 while empty)."""
+        node = next(iter(self._root.children.values()), None)
+        return node.kv.shape[0] if node is not None else 0
+
+    def insert(self, ids: Sequence[int], kv_of: Any) -> None:
+        """Store ``ids``; ``kv_of(lo, hi)`` returns the keys/values of ``ids[lo:hi]`` (called once, for the
+        part the tree lacks). Then evicts down to ``max_bytes``."""
+        if self.max_bytes <= 0 or not ids:
+            return
+        self._tick += 1
+        node, pos = self._root, 0
+        while pos < len(ids):
+            child = node.children.get(ids[pos])
+            if child is None:
+                break
+            k = _common_prefix_length(child.tokens, ids[pos:pos + len(child.tokens)])
+            child.last_used = self._tick
+            if k < len(child.tokens):
+                child = self._split(child, k)
+            pos += k
+            node = child
+        if pos < len(ids):
+            leaf = _Node(list(ids[pos:]), kv_of(pos, len(ids)), node, self._tick)
+            node.children[leaf.tokens[0]] = leaf
+            self.bytes += leaf.nbytes
+            self.tokens += len(leaf.tokens)
+        self._evict()
+
+    def _split(self, node: _Node, k: int) -> _Node:
+        """Cut ``node`` after its first ``k`` tokens; returns the new upper part (the copies keep the byte
+        count exact when one part is evicted later)."""
+        upper = _Node(node.tokens[:k], node.kv[:, :, :, :k].clone(), node.parent, node.last_used)
+        node.parent.children[upper.tokens[0]] = upper
+        node.tokens, node.kv, node.parent = node.tokens[k:], node.kv[:, :, :, k:].clone(), upper
+        upper.children[node.tokens[0]] = node
+        return upper
+
+    def _evict(self) -> None:
+        if self.bytes <= self.max_bytes:
+            return
+        leaves, stack = [], list(self._root.children.values())
+        while stack:
+            node = stack.pop()
+            if node.children:
+                stack.extend(node.children.values())
+            else:
+                leaves.append((node.last_used, id(node), node))
+        heapq.heapify(leaves)
+        while self.bytes > self.max_bytes and leaves:
+            _, _, leaf = heapq.heappop(leaves)
+            parent = leaf.parent
+            del parent.children[leaf.tokens[0]]
+            self.bytes -= leaf.nbytes
+            self.tokens -= len(leaf.tokens)
+            self.evicted_tokens += len(leaf.tokens)
+            if parent is not self._root and not parent.children:
+                heapq.heappush(leaves, (parent.last_used, id(parent), parent))
+
+    def stats(self) -> dict[str, int]:
+        return {"tokens": self.tokens, "bytes": self.bytes, "max_bytes": self.max_bytes,
+                "evicted_tokens": self.evicted_tokens, "invalidations": self.invalidations}
+
+
 class HFEngine:
     """Batched generation with a transformers causal LM (see the module docstring).
 
@@ -149,15 +386,29 @@ class HFEngine:
         chat_template_kwargs: extra keyword arguments for every
             ``apply_chat_template`` call (e.g. ``{"enable_thinking": False}``).
         progress: print where the default model / a GGUF file is cached on first use.
+        prefix_cache: reuse the keys/values of prompt prefixes already computed
+            (see "Prefix KV cache" in the module docstring); False turns it off.
+        prefix_cache_bytes: memory bound of that cache (on the model's device),
+            default 1 GiB (SmolLM2-135M in fp32 needs 46 KB per token).
+
+    Attributes:
+        prefix_cache: the :class:`PrefixKVCache`, or None when off or unsupported
+            by the model (``prefix_cache_off_reason`` then says why).
+        prefill_stats: a :class:`PrefillStats` counting prompt tokens, tokens
+            taken from the cache and tokens prefilled, over the engine's life
+            (``reset()`` it to measure a stretch).
     """
 
     def __init__(self, model: Any = "default", tokenizer: Any = None, *, device: str | None = "auto",
                  dtype: Any = "auto", max_batch_size: int = 32, name: str | None = None,
                  eos_token_ids: Iterable[int] | None = None, attn_implementation: str | None = None,
-                 chat_template_kwargs: Mapping[str, Any] | None = None, progress: bool = True):
+                 chat_template_kwargs: Mapping[str, Any] | None = None, progress: bool = True,
+                 prefix_cache: bool = True, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
         torch = _torch()
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if prefix_cache_bytes < 0:
+            raise ValueError(f"prefix_cache_bytes must be >= 0, got {prefix_cache_bytes}")
         if isinstance(model, tuple):
             if len(model) != 2:
                 raise ValueError("HFEngine(model=(model, tokenizer)) needs a pair")
@@ -192,6 +443,13 @@ class HFEngine:
         self._logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
         self._lock = threading.Lock()
         self._torch = torch
+        self.prefill_stats = PrefillStats()
+        self.prefix_cache: PrefixKVCache | None = None
+        self.prefix_cache_off_reason: str | None = "prefix_cache=False"
+        if prefix_cache:
+            self.prefix_cache_off_reason = _plain_cache_reason(_new_cache(self.model))
+            if self.prefix_cache_off_reason is None:
+                self.prefix_cache = PrefixKVCache(prefix_cache_bytes)
 
     # -- loading ---------------------------------------------------------------------------------------------
 
@@ -264,9 +522,25 @@ class HFEngine:
         order = sorted(range(len(rows)), key=lambda i: -len(ids[i])) if len(rows) > self.max_batch_size \
             else list(range(len(rows)))
         with self._lock, self._torch.no_grad(), _eval_mode(self.model):
-            for start in range(0, len(order), self.max_batch_size):
-                self._generate_batch([rows[i] for i in order[start:start + self.max_batch_size]], on_text)
+            cache = self.prefix_cache
+            if cache is not None:
+                cache.check_weights(_weights_fingerprint(self.model))
+            try:
+                for start in range(0, len(order), self.max_batch_size):
+                    self._generate_batch([rows[i] for i in order[start:start + self.max_batch_size]], on_text)
+            finally:
+                # weights changed while we generated (a trainer in another thread): what we stored is stale
+                if cache is not None:
+                    cache.check_weights(_weights_fingerprint(self.model))
         return [self._completion(r) for r in rows]
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached prefix (needed only after a change to the forward pass that leaves the
+        model's tensors alone, e.g. entering peft's ``disable_adapter()``; weight changes are detected)."""
+        cache = self.prefix_cache
+        if cache is not None:  # no lock: a generate in flight (or this one, from on_text) empties it when it ends
+            cache.clear()
+            cache.fingerprint = None
 
     def _new_row(self, index: int, prompt_ids: list[int], sp: SamplingParams) -> _Row:
         max_new = sp.max_tokens
@@ -292,18 +566,11 @@ class HFEngine:
     def _generate_batch(self, rows: list[_Row], on_text: OnText | None) -> None:
         torch = self._torch
         device = self.device
-        lengths = [len(r.prompt_ids) for r in rows]
-        width = max(lengths)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            input_ids[b, width - lengths[b]:] = torch.tensor(row.prompt_ids, dtype=torch.long)
-            attention[b, width - lengths[b]:] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        input_ids, attention, positions = input_ids.to(device), attention.to(device), positions.to(device)
-        next_positions = torch.tensor(lengths, dtype=torch.long, device=device)
-        cache = _new_cache(self.model)
-        logits = self._forward(input_ids, attention, positions, cache)
+        seqs = [r.prompt_ids for r in rows]
+        if self.prefix_cache is not None:
+            self._prefill_shared_prefixes(seqs)
+        cache, attention, logits = self._prefill(seqs, requests=True)
+        next_positions = torch.tensor([len(s) for s in seqs], dtype=torch.long, device=device)
         alive = list(rows)
         while True:
             tokens, logprobs = self._choose(logits, alive)
@@ -312,6 +579,9 @@ class HFEngine:
                 self._advance(row, tokens[b], logprobs[b], on_text)
                 if row.finish is None:
                     keep.append(b)
+                elif self.prefix_cache is not None:
+                    # everything fed so far: the prompt and the reply but its last token
+                    self._remember(cache, attention, b, row.prompt_ids + row.ids[:-1])
             if not keep:
                 return
             step_tokens = torch.tensor([tokens[b] for b in keep], dtype=torch.long, device=device)
@@ -325,6 +595,103 @@ class HFEngine:
             attention = torch.cat([attention, attention.new_ones((len(alive), 1))], dim=1)
             logits = self._forward(step_tokens[:, None], attention, next_positions[:, None], cache)
             next_positions = next_positions + 1
+
+    def _prefill(self, seqs: list[list[int]], *, requests: bool) -> tuple[Any, Any, Any]:
+        """One forward over the prompts ``seqs``, left-padded, starting from their longest cached prefixes.
+
+        The layout is the one without a cache (rows right-aligned at the longest
+        prompt's width); its first ``width - new`` columns come from the tree,
+        ``new`` being the longest uncached part of any row (at least its last
+        token, whose logits are needed). Returns the KV cache, the attention
+        mask and the last position's logits. ``requests``: these are the
+        caller's prompts (counted as such in :attr:`prefill_stats`).
+        """
+        torch = self._torch
+        device = self.device
+        tree = self.prefix_cache
+        lengths = [len(s) for s in seqs]
+        width = max(lengths)
+        hits = [tree.lookup(s, len(s) - 1) for s in seqs] if tree is not None else [(0, [])] * len(seqs)
+        new = max(n - hit for n, (hit, _) in zip(lengths, hits))
+        used = [max(0, n - new) for n in lengths]  # <= each row's hit
+        past = width - new
+        attention = torch.zeros((len(seqs), width), dtype=torch.long)
+        input_ids = torch.full((len(seqs), new), self.pad_token_id, dtype=torch.long)
+        for b, s in enumerate(seqs):
+            attention[b, width - lengths[b]:] = 1
+            input_ids[b, new - (lengths[b] - used[b]):] = torch.tensor(s[used[b]:], dtype=torch.long)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, past:]
+        input_ids, attention, positions = input_ids.to(device), attention.to(device), positions.to(device)
+        cache = _new_cache(self.model)
+        if past:
+            rows = [(u, path) for u, (_, path) in zip(used, hits)]
+            for layer in range(tree.num_layers):
+                kv = tree.gather(rows, past, layer)
+                if layer < len(cache.layers):  # hand the tensors over (update() would copy them once more)
+                    cache.layers[layer].lazy_initialization(kv[0], kv[1])
+                    cache.layers[layer].keys, cache.layers[layer].values = kv[0], kv[1]
+                else:
+                    cache.update(kv[0], kv[1], layer)
+            del kv, rows
+        logits = self._forward(input_ids, attention, positions, cache)
+        stats = self.prefill_stats
+        stats.prefill_tokens += sum(lengths) - sum(used)
+        stats.padded_tokens += len(seqs) * new
+        stats.prefill_passes += 1
+        if requests:
+            stats.prompt_tokens += sum(lengths)
+            stats.cached_tokens += sum(used)
+        return cache, attention, logits
+
+    def _prefill_shared_prefixes(self, seqs: list[list[int]], depth: int = 0) -> None:
+        """Compute ONCE, and store, the prefixes that several of ``seqs`` share and the tree lacks.
+
+        Sorted sequences put every shared prefix between neighbours; the longest
+        prefix each neighbour pair shares (when at least ``_MIN_SHARED`` of its
+        tokens are not cached yet) is a candidate, candidates that are prefixes
+        of other candidates are dropped (storing the longer one stores them),
+        and the rest run as one batch, after their own shared prefixes (depth
+        at most 3: the system prompt, the task, ...).
+        """
+        tree = self.prefix_cache
+        if tree is None or len(seqs) < 2 or depth > 3:
+            return
+        ordered = sorted(seqs)
+        candidates = set()
+        for a, b in itertools.pairwise(ordered):
+            n = _common_prefix_length(a, b)
+            if n >= _MIN_SHARED and n - tree.lookup(a, n)[0] >= _MIN_SHARED:
+                candidates.add(tuple(a[:n]))
+        if not candidates:
+            return
+        ordered = sorted(candidates)
+        shared = [list(c) for c, d in zip(ordered, ordered[1:] + [()]) if d[:len(c)] != c]
+        self._prefill_shared_prefixes(shared, depth + 1)
+        cache, attention, _ = self._prefill(shared, requests=False)
+        for b, seq in enumerate(shared):
+            self._remember(cache, attention, b, seq)
+
+    def _remember(self, cache: Any, attention: Any, b: int, seq: list[int]) -> None:
+        """Store row ``b``'s keys/values (the last ``len(seq)`` columns of ``cache``) under the tokens ``seq``."""
+        if self.prefix_cache is None:
+            return
+        layers = cache.layers
+        width = attention.shape[1]
+        start = width - len(seq)
+        if start < 0 or any(getattr(layer, "keys", None) is None or layer.keys.shape[-2] != width
+                            for layer in layers):
+            return
+        torch = self._torch
+
+        def kv_of(lo: int, hi: int):
+            return torch.stack([torch.stack((layer.keys[b, :, start + lo:start + hi],
+                                             layer.values[b, :, start + lo:start + hi])) for layer in layers])
+
+        try:
+            self.prefix_cache.insert(seq, kv_of)
+        except RuntimeError as exc:  # layers of different shapes cannot share one tensor per node
+            self.prefix_cache = None
+            self.prefix_cache_off_reason = f"the model's layers cache keys/values of different shapes ({exc})"
 
     def _forward(self, input_ids, attention, positions, cache):
         kwargs = {"logits_to_keep": 1} if self._logits_to_keep else {}
@@ -405,7 +772,9 @@ class HFEngine:
         """Copy named tensors into the model's parameters/buffers in place (for a trainer holding a copy).
 
         A trainer that optimizes ``engine.model`` itself needs no call: the engine
-        always generates with the module's current weights.
+        always generates with the module's current weights. Empties the prefix
+        KV cache (so does any in-place change of the model's tensors, detected
+        at the next ``generate``).
         """
         torch = self._torch
         items = weights.items() if isinstance(weights, Mapping) else weights
@@ -417,6 +786,9 @@ class HFEngine:
                     unknown.append(key)
                     continue
                 state[key].copy_(value)
+            # keys/values computed with the old weights must not be reused (the version check would see the
+            # copies too; this says it outright and frees the memory now)
+            self.clear_prefix_cache()
         if unknown:
             raise KeyError(f"update_weights: {len(unknown)} names are not in {self.name}: {unknown[:5]}")
 
@@ -492,3 +864,42 @@ def _trim_left_padding(cache: Any, attention):
         layer.keys = layer.keys[:, :, lead:, :]
         layer.values = layer.values[:, :, lead:, :]
     return attention[:, lead:]
+
+
+def _common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id lists (slice comparisons run in C)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n - 1  # a[:lo] == b[:lo] and a[:hi + 1] != b[:hi + 1]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _weights_fingerprint(model: Any) -> Any:
+    """Identity, storage and version counter of every parameter and buffer: any in-place change (an
+    optimizer step, ``load_state_dict``, ``copy_``) or replacement of a tensor changes it."""
+    try:
+        return tuple((id(t), t.data_ptr(), t._version)
+                     for t in itertools.chain(model.parameters(), model.buffers()))
+    except RuntimeError:  # inference tensors keep no version counter: trust nothing across calls
+        return object()
+
+
+def _plain_cache_reason(cache: Any) -> str | None:
+    """Why the prefix cache cannot work with this KV cache object (None when it can: full-attention layers)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return "this transformers version's DynamicCache has no per-layer objects (transformers >= 4.56 has)"
+    from transformers.cache_utils import DynamicLayer
+
+    kinds = {type(layer) for layer in layers} or {getattr(cache, "layer_class_to_replicate", None)}
+    if kinds != {DynamicLayer}:
+        return (f"the model's KV cache has {sorted(getattr(k, '__name__', str(k)) for k in kinds)} layers "
+                "(sliding-window or hybrid attention), which the prefix cache does not handle")
+    return None

@@ -107,7 +107,10 @@ def tiny_model(tiny_tokenizer):
 def tiny_engine(tiny_model, tiny_tokenizer):
     from turngym.agents.engines.hf import HFEngine
 
-    return HFEngine((tiny_model, tiny_tokenizer), name="hf:tiny", max_batch_size=8, eos_token_ids=[])
+    # Without the prefix KV cache, a prompt's numbers never depend on what earlier tests left in the cache, so
+    # "same seed, same tokens" comparisons here are bitwise; test_hf_prefix_cache.py checks the cache against this.
+    return HFEngine((tiny_model, tiny_tokenizer), name="hf:tiny", max_batch_size=8, eos_token_ids=[],
+                    prefix_cache=False)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +241,20 @@ def test_plot_draws_the_learning_curves(corridor, word_tok, tmp_path):
     _trainer(corridor, word_tok, tmp_path, "run.iterations=2", "run.eval_tasks=4").train()
     out = plot_run(tmp_path)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_werewolf_self_play_trains_end_to_end(tmp_path, tiny_tokenizer, make_tiny_model):
+    pytest.importorskip("pettingzoo")
+    from turngym.trainers.config import RLConfig, load_config
+    from turngym.trainers.rl import RLTrainer
+
+    model = make_tiny_model(tiny_tokenizer, seed=0)
+    model.config.max_position_embeddings = 32768  # the 300-token test vocabulary makes transcripts long
+    cfg = load_config(RLConfig, ROOT / "configs" / "selfplay_werewolf.yaml", [
+        "agent.max_tokens=6", "rollout.tasks_per_iter=1", "run.iterations=1", "run.eval_tasks=1",
+        f"run.dir={tmp_path}", "run.progress=false", "run.tensorboard=false"])
+    result = RLTrainer(cfg, model=model, tokenizer=tiny_tokenizer).train()
+    train = result["train"]
+    assert train["episodes"] >= 6 and train["num_loss_tokens"] > 0 and train["logprob_diff_max"] < 1e-4
+    assert {t for t in ("success_rate", "ci_low")} <= set(result["eval"])
