@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ def resolve_device(device: str) -> str:
     import torch
 
     if device in ("auto", "", None):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        # Under torchrun each process takes the GPU of its local rank.
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TurngymError(f"model.device={device!r} but torch sees no CUDA device: use model.device=cpu")
     return device

@@ -138,6 +138,7 @@ class RLTrainer:
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.torch = torch
+        self.dist = _Distributed.from_env()
         if model is None:
             from turngym.trainers.model import load_policy
 
@@ -150,6 +151,7 @@ class RLTrainer:
             model = wrap_lora(model, cfg.model)
         self.model, self.tokenizer = model, tokenizer
         self.model.train()
+        self.dist.broadcast_parameters(self.model)  # replicas start equal (LoRA init is random)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.temperature = cfg.agent.temperature if cfg.agent.temperature > 0 else 1.0
 
@@ -177,12 +179,14 @@ class RLTrainer:
         self.engine = engine if engine is not None else self._make_engine()
         # Multi-agent envs (Werewolf) prompt through their own runner's policy (agent.options go to it).
         self.agent = None if _is_multi_agent(cfg.env.id) else self._make_agent(cfg.agent.temperature)
-        self.log = MetricsLog(self.run_dir, cfg.run.tensorboard)
+        self.log = MetricsLog(self.run_dir, cfg.run.tensorboard) if self.dist.main else _NullLog()
         from turngym.trainers.runlog import write_atomic
 
-        write_atomic(self.run_dir / "config.yaml", dump_yaml(cfg))
-        if resume:
-            self.log.truncate_after(self.iteration_done)
+        if self.dist.main:
+            write_atomic(self.run_dir / "config.yaml", dump_yaml(cfg))
+            if resume:
+                self.log.truncate_after(self.iteration_done)
+        self.dist.barrier()
 
     # ---- setup ------------------------------------------------------------------------------------------
 
@@ -284,8 +288,12 @@ class RLTrainer:
                 "config": to_dict(self.cfg)}
 
     def save(self) -> Path:
-        return save_checkpoint(self.run_dir, self.iteration_done, self.model, self.tokenizer, self._state(),
-                               keep=self.cfg.run.keep_checkpoints)
+        path = self.run_dir / f"checkpoint-{self.iteration_done}"
+        if self.dist.main:
+            path = save_checkpoint(self.run_dir, self.iteration_done, self.model, self.tokenizer, self._state(),
+                                   keep=self.cfg.run.keep_checkpoints)
+        self.dist.barrier()
+        return path
 
     def _resume(self) -> None:
         from turngym.trainers.model import load_weights_into
@@ -352,6 +360,9 @@ class RLTrainer:
         specs = plan_episodes(cfg.env.id, split=cfg.env.split, num_tasks=cfg.rollout.tasks_per_iter,
                               group_size=cfg.rollout.group_size, seed=derive_seed(cfg.run.seed, iteration),
                               env_kwargs=cfg.env.kwargs)
+        if self.dist.world > 1:  # whole groups per rank: task t goes to rank t % world
+            g = cfg.rollout.group_size
+            specs = [sp for i, sp in enumerate(specs) if (i // g) % self.dist.world == self.dist.rank]
         runner = EpisodeRunner(cfg.env.id, self.agent, self.engine, env_kwargs=cfg.env.kwargs,
                                max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None)
         result = runner.run(specs)
@@ -439,6 +450,7 @@ class RLTrainer:
         })
         if self.log_z is not None:
             record["log_z"] = float(self.log_z.detach())
+        record = self.dist.merge_records(record)
         self.log.write(record)
         return record
 
@@ -521,6 +533,7 @@ class RLTrainer:
                     for k, v in m.items():
                         metrics[k].append(v)
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                self.dist.all_reduce_grads(params)
                 if cfg.optim.max_grad_norm > 0:
                     norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
                 else:
@@ -572,10 +585,14 @@ class RLTrainer:
 
         n = loss_normalizers(mb_samples)
         unit = self.cfg.algo.seq_unit
-        return {"num_tokens": float(max(1, n["num_tokens"])),
-                "num_seqs": float(max(1, n["num_steps"] if unit == "step" else n["num_samples"])),
-                "norm_constant": float(self.cfg.algo.norm_constant or max(len(s) for s in mb_samples)),
-                "num_trajs": float(max(1, len({s.traj_index for s in mb_samples})))}
+        # Data parallel: the normalizers count the whole (all ranks') mini-batch, so summed gradients are the
+        # single-process gradient.
+        tok, seqs, trajs_n = self.dist.sum([n["num_tokens"], n["num_steps"] if unit == "step" else n["num_samples"],
+                                            len({s.traj_index for s in mb_samples})])
+        longest = self.dist.max(max((len(s) for s in mb_samples), default=1))
+        return {"num_tokens": float(max(1, tok)), "num_seqs": float(max(1, seqs)),
+                "norm_constant": float(self.cfg.algo.norm_constant or longest),
+                "num_trajs": float(max(1, trajs_n))}
 
     def _forward(self, batch, with_entropy: bool, model: Any = None):
         from turngym.trainers.logprobs import sequence_logprobs
@@ -750,7 +767,16 @@ class RLTrainer:
     # ---- evaluation ---------------------------------------------------------------------------------------
 
     def evaluate(self, split: str | None = None, num_tasks: int | None = None) -> dict[str, Any]:
-        """Success on held-out tasks (one rollout per task at ``run.eval_temperature``); logged as kind=eval."""
+        """Success on held-out tasks (one rollout per task at ``run.eval_temperature``); logged as kind=eval.
+
+        Data parallel: rank 0 evaluates; the others wait and get its record.
+        """
+        if self.dist.world > 1:
+            record = self._evaluate(split, num_tasks) if self.dist.main else None
+            return self.dist.broadcast_object(record)
+        return self._evaluate(split, num_tasks)
+
+    def _evaluate(self, split: str | None = None, num_tasks: int | None = None) -> dict[str, Any]:
         cfg = self.cfg
         split = split or cfg.env.eval_split
         n = num_tasks or cfg.run.eval_tasks
@@ -773,6 +799,136 @@ class RLTrainer:
         self.log.write(record)
         return record
 
+
+
+# ---- data parallel ------------------------------------------------------------------------------------------
+
+
+class _NullLog:
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate_after(self, iteration: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+#: record keys that add up across ranks (the others are averaged, weighted by each rank's episodes; times: max).
+_SUM_KEYS = ("episodes", "env_errors", "trained_episodes", "generated_tokens", "prompt_tokens", "num_samples",
+             "num_loss_tokens", "pairs", "tokens_per_s", "env_steps_per_s")
+
+
+class _Distributed:
+    """torch.distributed when launched by torchrun (WORLD_SIZE > 1), else a no-op.
+
+    Each rank rolls out its share of the tasks (whole groups), computes its
+    micro-batches' gradients with the global loss normalizers, and the
+    gradients are summed across ranks before clipping and the optimizer step,
+    so every rank applies the same update (replicas stay equal) and the result
+    is the single-process one up to summation order. Backend: NCCL on GPUs,
+    gloo on CPUs.
+    """
+
+    def __init__(self, rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+
+    @classmethod
+    def from_env(cls) -> _Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _reduce(self, values: list[float], op: str) -> list[float]:
+        if self.world <= 1:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def sum(self, values: list[float]) -> list[float]:
+        return self._reduce(values, "sum")
+
+    def max(self, value: float) -> float:
+        return self._reduce([value], "max")[0]
+
+    def all_reduce_grads(self, params: list[Any]) -> None:
+        if self.world <= 1:
+            return
+        import torch
+        import torch.distributed as dist
+
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+    def broadcast_parameters(self, model: Any) -> None:
+        if self.world <= 1:
+            return
+        import torch
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for p in model.parameters():
+                dist.broadcast(p.data, src=0)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def merge_records(self, record: dict[str, Any]) -> dict[str, Any]:
+        if self.world <= 1:
+            return record
+        import torch.distributed as dist
+
+        records: list[Any] = [None] * self.world
+        dist.all_gather_object(records, record)
+        weights = [max(1, int(r.get("episodes", 0))) for r in records]
+        merged: dict[str, Any] = {}
+        for key, own in record.items():
+            vals = [r.get(key) for r in records]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                merged[key] = own
+            elif key in _SUM_KEYS:
+                merged[key] = sum(vals)
+            elif key.startswith("time") or key.endswith("_max") or key == "iteration":
+                merged[key] = max(vals)
+            else:
+                merged[key] = float(np.average(vals, weights=weights))
+        merged["world_size"] = self.world
+        return merged
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
