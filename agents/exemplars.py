@@ -72,6 +72,35 @@ _SOURCES: dict[str, list[tuple[dict, list[tuple[str, str]]]]] = {
             ("Grarksteind Quirkga was born in Drevstys, so that is the answer.", "<answer> Drevstys </answer>"),
         ]),
     ],
+    # A hand-made kitchen (not an ALFWorld eval game) in the env's task format; ReAct-style thoughts.
+    "ALFWorld": [
+        ({"task_desc_templated": "put a clean mug in coffeemachine.", "pddl_problem": """(define (problem exemplar)
+(:domain alfred)
+(:objects agent1 - agent Mug_bar_1 Bread_bar_1 - object
+ CounterTop_bar_1 Sink_bar_1_bar_SinkBasin Fridge_bar_1 CoffeeMachine_bar_1 - receptacle
+ loc_bar_0 loc_bar_1 loc_bar_2 loc_bar_3 loc_bar_4 - location MugType BreadType - otype
+ CounterTopType SinkBasinType FridgeType CoffeeMachineType - rtype)
+(:init (atLocation agent1 loc_bar_0)
+ (receptacleType CounterTop_bar_1 CounterTopType) (receptacleAtLocation CounterTop_bar_1 loc_bar_1)
+ (receptacleType Sink_bar_1_bar_SinkBasin SinkBasinType) (receptacleAtLocation Sink_bar_1_bar_SinkBasin loc_bar_2)
+ (receptacleType Fridge_bar_1 FridgeType) (receptacleAtLocation Fridge_bar_1 loc_bar_3) (openable Fridge_bar_1)
+ (receptacleType CoffeeMachine_bar_1 CoffeeMachineType) (receptacleAtLocation CoffeeMachine_bar_1 loc_bar_4)
+ (objectType Mug_bar_1 MugType) (inReceptacle Mug_bar_1 CounterTop_bar_1) (objectAtLocation Mug_bar_1 loc_bar_1)
+ (pickupable Mug_bar_1) (cleanable Mug_bar_1) (isReceptacleObject Mug_bar_1)
+ (objectType Bread_bar_1 BreadType) (inReceptacle Bread_bar_1 CounterTop_bar_1) (pickupable Bread_bar_1)
+ (objectAtLocation Bread_bar_1 loc_bar_1) (canContain CounterTopType MugType) (canContain CounterTopType BreadType)
+ (canContain SinkBasinType MugType) (canContain FridgeType MugType) (canContain CoffeeMachineType MugType))
+(:goal (exists (?r - receptacle ?o - object) (and (objectType ?o MugType) (receptacleType ?r CoffeeMachineType)
+ (cleanable ?o) (isClean ?o) (inReceptacle ?o ?r)))))"""}, [
+            (("To solve the task, I need to find a mug, clean it with the sinkbasin, then put it in the "
+              "coffeemachine. A mug is likely on a countertop."), "go to countertop 1"),
+            ("There is a mug 1 here. I take it.", "take mug 1 from countertop 1"),
+            ("Now I clean the mug 1 at the sinkbasin 1.", "go to sinkbasin 1"),
+            ("I am at the sinkbasin 1, holding the mug 1.", "clean mug 1 with sinkbasin 1"),
+            ("The mug 1 is clean. Next, I put it in the coffeemachine 1.", "go to coffeemachine 1"),
+            ("I am at the coffeemachine 1.", "move mug 1 to coffeemachine 1"),
+        ]),
+    ],
 }
 
 

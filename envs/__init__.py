@@ -109,6 +109,12 @@ register(
     description="Stack coloured blocks into a goal configuration (RAP / FoR / PlanBench).",
 )
 register(
+    "turngym/ALFWorld-v0",
+    entry_point="turngym.envs.alfworld.env:ALFWorldEnv",
+    max_episode_steps=50,  # ALFWorld's evaluation budget
+    description="ALFWorld household tasks (find, clean/heat/cool, place, look under a lamp) on a native engine faithful to the real game.",
+)
+register(
     "turngym/Game24-v0",
     entry_point="turngym.envs.game24.env:Game24Env",
     max_episode_steps=10,
