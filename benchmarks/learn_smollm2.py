@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=20.0, help="RL wall-clock budget")
     p.add_argument("--sft-episodes", type=int, default=32, help="oracle episodes for the warm start (0: none)")
     p.add_argument("--sft-epochs", type=int, default=2)
+    p.add_argument("--sft-lr", type=float, default=None, help="SFT learning rate (default 5e-5, 5e-4 with --lora)")
     p.add_argument("--eval-tasks", type=int, default=30)
     p.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     p.add_argument("--out", default="results/learn_smollm2")
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             f"env.id={cfg.env.id}", f"env.split={cfg.env.split}", f"env.eval_split={cfg.env.eval_split}",
             f"env.kwargs={json.dumps(cfg.env.kwargs)}", f"env.max_steps={cfg.env.max_steps}",
             f"agent.name={cfg.agent.name}", f"agent.options={json.dumps(cfg.agent.options)}",
-            f"data.episodes={args.sft_episodes}", f"data.epochs={args.sft_epochs}", "optim.lr=5e-5",
+            f"data.episodes={args.sft_episodes}", f"data.epochs={args.sft_epochs}",
+            f"optim.lr={args.sft_lr or (5e-4 if args.lora else 5e-5)}",
             f"run.dir={out / 'sft'}", "run.eval_tasks=0", f"run.seed={cfg.run.seed}"])
         t0 = time.perf_counter()
         sft = SFTTrainer(sft_cfg, model=trainer.model, tokenizer=tok)
