@@ -69,9 +69,9 @@ class LatencyEnv(gym.Wrapper):
         return self.env.step(action)
 
 
-def latency_env(env_id: str, latency: float) -> gym.Env:
+def latency_env(env_id: str, latency: float, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """Picklable factory of a :class:`LatencyEnv` (usable with the process pool too)."""
-    return LatencyEnv(make_env(env_id), latency)
+    return LatencyEnv(make_env(env_id, env_kwargs), latency)
 
 
 class PacedEngine:
@@ -291,8 +291,9 @@ def measure_envs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _run_latency(env_id: str, agent: Any, engine: Any, args: argparse.Namespace) -> dict[str, Any]:
-    specs = plan_episodes(env_id, split=args.split, num_tasks=args.preact_episodes, seed=args.seed)
-    runner = EpisodeRunner(env_id, agent, engine, env_fn=partial(latency_env, env_id, args.latency),
+    specs = plan_episodes(env_id, split=args.split, num_tasks=args.preact_episodes, seed=args.seed,
+                          env_kwargs=args.env_kwargs)
+    runner = EpisodeRunner(env_id, agent, engine, env_fn=partial(latency_env, env_id, args.latency, args.env_kwargs),
                            max_concurrent=args.batch, max_steps=args.preact_steps)
     result = runner.run(specs)
     s = result.stats
@@ -307,9 +308,11 @@ def _run_latency(env_id: str, agent: Any, engine: Any, args: argparse.Namespace)
 def measure_preact(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"latency_s": args.latency, "env": args.env}
     thought = "Thought: " + "I compare the numbers and pick a move that keeps 24 reachable. " * 2
+    # A move in the env's own action language (any string is legal; this one is realistic).
+    move = "<search> Vethquith Works founder </search>" if "Search" in args.env else "1 + 1"
     paced = {
-        "react": PacedEngine(lambda p: f"{thought}\nAction: 1 + 1", args.paced_tokens_per_s),
-        "p-react": PacedEngine(lambda p: f"<action>1 + 1</action>\n{thought}", args.paced_tokens_per_s),
+        "react": PacedEngine(lambda p: f"{thought}\nAction: {move}", args.paced_tokens_per_s),
+        "p-react": PacedEngine(lambda p: f"<action>{move}</action>\n{thought}", args.paced_tokens_per_s),
     }
     for source in ("controlled", "model"):
         if source == "model" and engine is None:
@@ -344,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default", help="engine spec (default: the embedded SmolLM2-135M)")
     p.add_argument("--env", default="turngym/Game24-v0")
     p.add_argument("--split", default="test")
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="env constructor argument (repeatable), e.g. retriever=http://127.0.0.1:8000 for Search")
     p.add_argument("--episodes", type=int, default=16, help="episodes of the batch comparison")
     p.add_argument("--batch", type=int, default=16, help="live episodes in the batched runs")
     p.add_argument("--max-steps", type=int, default=2, help="env steps per episode (batch comparison)")
@@ -361,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", default="results/rollout_throughput.json")
     args = p.parse_args(argv)
+    from turngym.benchmarks.bench import parse_key_values
+
+    args.env_kwargs = parse_key_values(args.env_kwarg, "--env-kwarg")
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
     unknown = parts - {"batch", "envs", "preact"}
     if unknown:
