@@ -65,11 +65,13 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from turngym.agents.types import Completion, Prompt, SamplingParams
 from turngym.errors import TurngymError, require
+from turngym.http_server import ServerThread as _ServerThread
 
 #: Completions default to OpenAI's 16 tokens; chat to this (OpenAI: "up to the context").
 DEFAULT_CHAT_MAX_TOKENS = 256
@@ -853,16 +855,16 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
             if not _get(body, "add_generation_prompt", (bool,), True):
                 raise _bad("add_generation_prompt", "only true is supported (the engine renders prompts to "
                                                     "generate from)")
-            fn: Callable[[], Any] = lambda: engine.render(messages, tools)  # noqa: E731
+            fn: Callable[[], Any] = lambda: engine.render(messages, tools)
         elif isinstance(body.get("prompt"), str):
             prompt = body["prompt"]
             # the engine's own rule for text prompts (HFEngine.encode_text adds its BOS) beats the bare tokenizer
             tokenize = getattr(engine, "encode_text", None) or getattr(engine, "tokenize", None)
             tokenizer = getattr(engine, "tokenizer", None)
             if tokenize is not None:
-                fn = lambda: tokenize(prompt)  # noqa: E731
+                fn = lambda: tokenize(prompt)
             elif tokenizer is not None:
-                fn = lambda: tokenizer.encode(prompt)  # noqa: E731
+                fn = lambda: tokenizer.encode(prompt)
             else:
                 raise APIError(400, f"the engine {served!r} has no tokenizer", param="prompt")
         else:
@@ -886,46 +888,15 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
 # ---- running it ------------------------------------------------------------------------------
 
 
-class ServerThread:
+class ServerThread(_ServerThread):
     """Runs an app under uvicorn in a background thread on 127.0.0.1 (tests, notebooks, benchmarks).
 
-    ``with ServerThread(create_app(engine)) as server: OpenAI(base_url=server.url)``; port 0
-    picks a free port (the socket is bound before uvicorn starts, so there is no race).
+    ``with ServerThread(create_app(engine)) as server: OpenAI(base_url=server.url)``; ``url`` ends in
+    ``/v1``. See :class:`turngym.http_server.ServerThread`.
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
-        uvicorn = require("uvicorn", "serve", "turngym serve")
-        self.app = app
-        # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
-        # without it every response waits ~40 ms for a delayed ACK (Nagle).
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
-        self.url = f"http://{self.host}:{self.port}/v1"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="turngym-serve-http", daemon=True)
-
-    def start(self, timeout: float = 30.0) -> "ServerThread":
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise TurngymError(f"the server at {self.url} did not start within {timeout}s")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._sock.close()
-
-    def __enter__(self) -> "ServerThread":
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        super().__init__(app, host, port, log_level, path="/v1", purpose="turngym serve", name="turngym-serve-http")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

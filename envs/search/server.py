@@ -29,13 +29,12 @@ This module depends on nothing of ours but this package and :mod:`turngym.errors
 import argparse
 import socket
 import sys
-import threading
-import time
 from typing import Any
 
 from turngym.envs.search.corpus import Corpus
 from turngym.envs.search.retrievers import RETRIEVERS, Retriever, make_retriever
 from turngym.errors import TurngymError, require
+from turngym.http_server import ServerThread
 
 #: Most queries one request may carry, and the largest topk (bounds the work of one request).
 MAX_QUERIES = 1024
@@ -91,44 +90,16 @@ def create_app(retriever: Retriever, corpus: Corpus | None = None, default_topk:
     return app
 
 
-class RetrieverServer:
+class RetrieverServer(ServerThread):
     """Runs the app under uvicorn in a background thread (tests, notebooks, benchmarks).
 
     ``with RetrieverServer(create_app(retriever)) as server: make(..., retriever=server.url)``;
-    port 0 picks a free port (bound before uvicorn starts, so there is no race).
+    port 0 picks a free port. See :class:`turngym.http_server.ServerThread`.
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
-        uvicorn = require("uvicorn", "serve", "turngym serve-retriever")
-        # IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP (else ~40 ms per answer).
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
-        self.url = f"http://{self.host}:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="turngym-retriever-http", daemon=True)
-
-    def start(self, timeout: float = 30.0) -> "RetrieverServer":
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise TurngymError(f"the retriever server at {self.url} did not start within {timeout}s")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._sock.close()
-
-    def __enter__(self) -> "RetrieverServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(app, host, port, log_level, lifespan="off", purpose="turngym serve-retriever",
+                         name="turngym-retriever-http")
 
 
 def load_corpus(name: str, corpus_file: str | None = None, corpus_limit: int | None = None) -> Corpus:
