@@ -673,15 +673,18 @@ class RLTrainer:
             old = logp.detach()
         else:
             old = engine_old if engine_old is not None else logp.detach()
-        # per-token turn index (EPO) from the samples' own step numbers
-        turn = torch.full_like(batch.segment_ids, -1)
-        for row, i in enumerate(micro):
-            s = samples[i]
-            turn[row, : len(s)] = torch.tensor(s.segment_ids, dtype=torch.long, device=device)
-        with torch.no_grad():
-            for k in torch.unique(turn[mask]).tolist():
-                sel = mask & (turn == k)
-                turn_entropy[int(k)].append(float(ent[sel].mean()))
+        turn = None
+        if a.epo_smooth_coef:  # EPO: per-token turn index (the samples' own step numbers) and per-turn entropy
+            turn = torch.full_like(batch.segment_ids, -1)
+            for row, i in enumerate(micro):
+                s = samples[i]
+                turn[row, : len(s)] = torch.tensor(s.segment_ids, dtype=torch.long, device=device)
+            with torch.no_grad():
+                k = turn[mask]
+                sums = torch.bincount(k, weights=ent.detach()[mask].double())
+                counts = torch.bincount(k)
+                for t in torch.nonzero(counts).flatten().tolist():
+                    turn_entropy[t].append(float(sums[t] / counts[t]))
         seq_ids = batch.segment_ids.clamp(min=0) if a.seq_unit == "step" else None
 
         if a.objective == "tb":
