@@ -1,4 +1,4 @@
-"""The batched episode runner: many episodes in lockstep, one ``generate`` per turn.
+"""The batched episode runner: many episodes at once, batched generation, env steps in parallel.
 
 :class:`EpisodeRunner` plays a list of :class:`EpisodeSpec` (task, seed,
 group) with one agent object and one engine:
@@ -7,10 +7,25 @@ group) with one agent object and one engine:
    slot of an :class:`~turngym.agents.pool.EnvPool` (threads by default,
    processes or a Ray pool as options). As an episode ends, the next spec
    takes its slot (episodes finish independently; the batch stays full).
-2. Each turn, the agent builds every live episode's request; the runner
-   renders them (continuing each episode's token stream where it can, see
-   :class:`~turngym.agents.context.ChatRenderer`) and makes ONE batched
-   ``engine.generate`` call for all of them.
+2. The agent builds each live episode's request; the runner renders it
+   (continuing the episode's token stream where it can, see
+   :class:`~turngym.agents.context.ChatRenderer`). Two schedules:
+
+   * ``lockstep``: one batched ``engine.generate`` call per turn for every
+     live episode, then every env step. Any engine works. A turn lasts as
+     long as its longest reply, and the batch thins out as replies finish.
+   * ``continuous`` (the default where the engine has ``session()``, as the
+     hf engine does): requests go into the engine's running batch
+     (:class:`~turngym.agents.engines.hf.HFSession`); a finished reply's
+     action goes to the pool at once and the episode's next request joins
+     the batch as soon as its env step is back, while the other rows keep
+     decoding. With ``deterministic=True`` the runner waits for those env
+     steps before the next decode step, so the schedule (hence the batch
+     shapes and every float) depends only on the episodes; otherwise env
+     steps overlap decoding (best for slow envs) and batch shapes depend on
+     timing, which changes log-probs in the last bits and, rarely, a sampled
+     token whose uniform draw sits within rounding of a boundary.
+
 3. Replies are parsed and the actions stepped in parallel in the pool.
    P-ReAct agents (``early_action``) get their actions dispatched from the
    engine's ``on_text`` hook as soon as the action is decoded, so the env
@@ -42,11 +57,12 @@ This module depends on :mod:`turngym.agents` and :mod:`turngym.envs`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -54,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from turngym.agents.base import Decision, is_llm_agent
+from turngym.agents.base import is_llm_agent
 from turngym.agents.context import ChatRenderer, PreviousRequest, estimate_tokens
 from turngym.agents.pool import EnvPool, make_env, make_pool
 from turngym.agents.types import Completion, Step, Trajectory, trajectory_to_json
@@ -123,7 +139,7 @@ class RunStats:
     errors: int = 0
     env_steps: int = 0
     llm_turns: int = 0
-    generate_calls: int = 0
+    generate_calls: int = 0  # engine.generate calls (continuous schedule: admissions into the running batch)
     generated_tokens: int = 0
     prompt_tokens: int = 0
     wall_s: float = 0.0
@@ -169,6 +185,19 @@ class _Episode:
     previous: PreviousRequest | None = None
     early: tuple[str, Future, float] | None = None  # P-ReAct: (action, env future, dispatch time)
     done: bool = False
+
+
+@dataclass
+class _Request:
+    """One LLM turn of an episode on its way through the engine."""
+
+    ep: _Episode
+    turn: Any  # the agent's TurnRequest
+    prompt: Any  # what the engine is given (ids, or messages for remote chat engines)
+    continued: bool  # the prompt continues the episode's previous token stream
+    prefix: str  # words prefilled into the reply (the agent's response_prefix)
+    sampling: Any
+    submitted: float
 
 
 class TrajectoryWriter:
@@ -220,16 +249,24 @@ class EpisodeRunner:
         keep_prompts: also store each step's chat messages in ``Step.prompt``.
         model_name: recorded on trajectories (default: ``engine.name``).
         on_trajectory: called with each finished trajectory (progress bars).
-        on_turn: called with the run's :class:`RunStats` after every batched turn (progress bars).
+        on_turn: called with the run's :class:`RunStats` after every batched turn (continuous: after every
+            decode step that returned env steps) (progress bars).
+        schedule: "auto" (continuous when the engine supports it, else lockstep), "lockstep" or
+            "continuous" (see the module docstring); ``self.schedule`` says what it resolved to.
+        deterministic: continuous schedule only: wait for the env steps of the replies finished in a decode
+            step before the next one (a schedule fixed by the episodes alone; slower with slow envs).
     """
 
     def __init__(self, env_id: str, agent: Any, engine: Any = None, *, env_kwargs: dict[str, Any] | None = None,
                  env_fn: Callable[[], Any] | None = None, pool: str | EnvPool = "thread", workers: int | None = None,
                  max_concurrent: int = 16, max_steps: int | None = None, keep_prompts: bool = False,
                  model_name: str | None = None, on_trajectory: Callable[[Trajectory], None] | None = None,
-                 on_turn: Callable[[RunStats], None] | None = None):
+                 on_turn: Callable[[RunStats], None] | None = None, schedule: str = "auto",
+                 deterministic: bool = False):
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        if schedule not in ("auto", "lockstep", "continuous"):
+            raise ValueError(f"schedule={schedule!r}: use 'auto', 'lockstep' or 'continuous'")
         self.env_id = env_id
         self.agent = agent
         self.llm = is_llm_agent(agent)
@@ -248,6 +285,15 @@ class EpisodeRunner:
         self.on_turn = on_turn
         self.renderer = ChatRenderer(engine) if self.llm else None
         self.streams_actions = self.llm and callable(getattr(agent, "early_action", None))
+        supported = self.llm and callable(getattr(engine, "session", None)) and \
+            getattr(engine, "session_off_reason", None) is None
+        if schedule == "continuous" and not supported:
+            why = getattr(engine, "session_off_reason", None) or "it has no session() (continuous batching)"
+            raise ValueError(f"schedule='continuous' needs an engine that batches continuously; "
+                             f"{getattr(engine, 'name', engine)!r} cannot: {why}. Use schedule='lockstep'")
+        #: "lockstep" or "continuous": what ``schedule`` resolved to for this engine
+        self.schedule = "continuous" if supported and schedule != "lockstep" else "lockstep"
+        self.deterministic = bool(deterministic)
         if self.llm and callable(getattr(agent, "bind", None)):
             agent.bind(engine)
 
@@ -267,6 +313,8 @@ class EpisodeRunner:
         live: list[_Episode] = []
         start = time.perf_counter()
         try:
+            if self.schedule == "continuous":
+                self._run_continuous(queue, free, live, pool, stats, results, writer, start)
             while queue or live:
                 self._start_episodes(queue, free, live, pool, stats)
                 if live:
@@ -329,102 +377,163 @@ class EpisodeRunner:
             live.append(ep)
         stats.env_wait_s += time.perf_counter() - wait
 
-    # ---- one LLM turn for every live episode ---------------------------------------------------------
-    def _llm_turn(self, live: list[_Episode], pool: EnvPool, stats: RunStats) -> None:
-        max_context = getattr(self.engine, "max_context", None)
-        active, turns, prompts, samplings, continued, prefixes = [], [], [], [], [], []
-        for ep in live:
-            if ep.done:
-                continue
-            turn = self.agent.prompt(ep.memory)
-            prompt, cont, prefix = self.renderer.render(turn.messages, turn.tools, ep.previous, turn.response_prefix)
-            if max_context and _is_ids(prompt) and len(prompt) >= max_context:
-                # The episode outgrew the model's context: it ends truncated (a smaller window or the
-                # summary/workspace modes avoid this); the batch goes on.
-                ep.traj.truncated = ep.done = True
-                ep.traj.meta["context_overflow"] = len(prompt)
-                continue
-            active.append(ep)
-            turns.append(turn)
-            prompts.append(prompt)
-            continued.append(cont)
-            prefixes.append(prefix)
-            samplings.append(replace(turn.sampling, seed=derive_seed(ep.spec.seed, ep.memory.llm_turns)))
-            ep.early = None
-        if not active:
-            return
+    # ---- LLM turns -------------------------------------------------------------------------------------
+    def _request(self, ep: _Episode, max_context: int | None) -> _Request | None:
+        """The episode's next LLM request (None: it outgrew the model's context and is now done)."""
+        turn = self.agent.prompt(ep.memory)
+        prompt, cont, prefix = self.renderer.render(turn.messages, turn.tools, ep.previous, turn.response_prefix)
+        if max_context and _is_ids(prompt) and len(prompt) >= max_context:
+            # The episode outgrew the model's context: it ends truncated (a smaller window or the
+            # summary/workspace modes avoid this); the batch goes on.
+            ep.traj.truncated = ep.done = True
+            ep.traj.meta["context_overflow"] = len(prompt)
+            return None
+        ep.early = None
+        sampling = replace(turn.sampling, seed=derive_seed(ep.spec.seed, ep.memory.llm_turns))
+        return _Request(ep, turn, prompt, cont, prefix, sampling, time.perf_counter())
 
+    def _early_dispatch(self, req: _Request, pool: EnvPool, text: str) -> None:
+        """P-ReAct: step the env as soon as the streamed reply holds a complete action."""
+        ep = req.ep
+        if ep.early is None and req.turn.kind == "act":
+            action = self.agent.early_action(ep.memory, req.prefix + text)
+            if action is not None:
+                ep.early = (action, pool.submit(ep.slot, "step", action), time.perf_counter())
+
+    def _llm_turn(self, live: list[_Episode], pool: EnvPool, stats: RunStats) -> None:
+        """Lockstep: one batched ``generate`` for every live episode, then every env step."""
+        max_context = getattr(self.engine, "max_context", None)
+        requests = [r for r in (self._request(ep, max_context) for ep in live if not ep.done) if r is not None]
+        if not requests:
+            return
         on_text = None
         if self.streams_actions:
             def on_text(i: int, text: str) -> None:
-                ep = active[i]
-                if ep.early is None and turns[i].kind == "act":
-                    action = self.agent.early_action(ep.memory, prefixes[i] + text)
-                    if action is not None:
-                        ep.early = (action, pool.submit(ep.slot, "step", action), time.perf_counter())
+                self._early_dispatch(requests[i], pool, text)
 
         t0 = time.perf_counter()
-        completions = self.engine.generate(prompts, samplings, on_text=on_text)
-        gen_s = time.perf_counter() - t0
+        completions = self.engine.generate([r.prompt for r in requests], [r.sampling for r in requests],
+                                           on_text=on_text)
         gen_end = time.perf_counter()
-        stats.generate_s += gen_s
+        stats.generate_s += gen_end - t0
         stats.generate_calls += 1
-        if len(completions) != len(prompts):
+        if len(completions) != len(requests):
             raise RuntimeError(f"engine {getattr(self.engine, 'name', '')!r} returned {len(completions)} completions "
-                               f"for {len(prompts)} prompts")
-
-        pending: list[tuple[_Episode, Any, Completion, Decision, Future, str, Any]] = []
-        for ep, turn, prompt, completion, cont, prefix in zip(active, turns, prompts, completions, continued,
-                                                              prefixes):
-            stats.llm_turns += 1
-            prompt_ids = prompt if _is_ids(prompt) else completion.prompt_ids
-            n_prompt = len(prompt_ids) if prompt_ids is not None else sum(
-                estimate_tokens(str(m.get("content", ""))) for m in turn.messages)
-            n_response = len(completion.token_ids) if completion.token_ids is not None else estimate_tokens(
-                completion.text)
-            stats.prompt_tokens += n_prompt
-            stats.generated_tokens += n_response
-            ep.memory.extra["last_prompt_tokens"] = n_prompt
-            ep.memory.extra["last_response_tokens"] = n_response
-            ep.traj.timings["generate_s"] += gen_s
-            # The agent reads (and its history keeps) the prefilled words + the sampled text; the token
-            # stream keeps the prefix among the prompt ids and the sampled ids as they came.
-            reply = replace(completion, text=prefix + completion.text) if prefix else completion
-            ep.previous = PreviousRequest(turn.messages, turn.tools, prompt if _is_ids(prompt) else None,
-                                          reply.text, completion.token_ids)
-            decision = self.agent.parse(ep.memory, reply)
-            step = Step(observation=ep.observation, prompt=turn.messages if self.keep_prompts else None,
-                        response=completion.text, prompt_ids=list(prompt_ids) if prompt_ids is not None else None,
-                        response_ids=completion.token_ids, response_logprobs=completion.logprobs,
-                        finish_reason=completion.finish_reason, context_mode=turn.context_mode, gen_seconds=gen_s,
-                        state_key=ep.info.get("state_key"), progress=ep.info.get("progress"))
-            step.info = {"kind": turn.kind, "format_ok": decision.format_ok, "continued_prompt": cont}
-            if prefix:
-                step.info["response_prefix"] = prefix
-            if decision.note:
-                step.info["format_note"] = decision.note
-            if decision.action is None:  # a memory-only turn (a summary): no env step
-                ep.traj.steps.append(step)
-                if ep.memory.llm_turns > 2 * self.max_steps + 16:  # a runaway agent
-                    step.truncated = True
-                    ep.traj.truncated = True
-                    ep.done = True
-                continue
-            if ep.early is not None:
-                action, future, dispatched = ep.early
-                step.info["dispatched_early"] = True
-                step.info["dispatch_lead_s"] = round(gen_end - dispatched, 6)
-                stats.dispatched_early += 1
-                if action != decision.action:  # cannot happen with a consistent agent; the env saw `action`
-                    step.info["parsed_action"] = decision.action
-            else:
-                action, future = decision.action, pool.submit(ep.slot, "step", decision.action)
-            pending.append((ep, turn, completion, decision, future, action, step))
-
+                               f"for {len(requests)} prompts")
+        pending = [self._reply(r, c, gen_end - t0, gen_end, pool, stats) for r, c in zip(requests, completions)]
         wait = time.perf_counter()
-        for ep, turn, completion, decision, future, action, step in pending:
-            self._apply_step(ep, step, action, future, stats)
+        for item in pending:
+            if item is not None:
+                self._apply_step(*item, stats)
         stats.env_wait_s += time.perf_counter() - wait
+
+    def _reply(self, req: _Request, completion: Completion, gen_s: float, gen_end: float, pool: EnvPool,
+               stats: RunStats) -> tuple[_Episode, Step, str, Future] | None:
+        """Record a completion as a Step and submit its action; returns what :meth:`_apply_step` needs (None
+        for a memory-only turn, which needs no env step)."""
+        ep, turn, prompt, prefix = req.ep, req.turn, req.prompt, req.prefix
+        stats.llm_turns += 1
+        prompt_ids = prompt if _is_ids(prompt) else completion.prompt_ids
+        n_prompt = len(prompt_ids) if prompt_ids is not None else sum(
+            estimate_tokens(str(m.get("content", ""))) for m in turn.messages)
+        n_response = len(completion.token_ids) if completion.token_ids is not None else estimate_tokens(
+            completion.text)
+        stats.prompt_tokens += n_prompt
+        stats.generated_tokens += n_response
+        ep.memory.extra["last_prompt_tokens"] = n_prompt
+        ep.memory.extra["last_response_tokens"] = n_response
+        ep.traj.timings["generate_s"] += gen_s
+        # The agent reads (and its history keeps) the prefilled words + the sampled text; the token
+        # stream keeps the prefix among the prompt ids and the sampled ids as they came.
+        reply = replace(completion, text=prefix + completion.text) if prefix else completion
+        ep.previous = PreviousRequest(turn.messages, turn.tools, prompt if _is_ids(prompt) else None,
+                                      reply.text, completion.token_ids)
+        decision = self.agent.parse(ep.memory, reply)
+        step = Step(observation=ep.observation, prompt=turn.messages if self.keep_prompts else None,
+                    response=completion.text, prompt_ids=list(prompt_ids) if prompt_ids is not None else None,
+                    response_ids=completion.token_ids, response_logprobs=completion.logprobs,
+                    finish_reason=completion.finish_reason, context_mode=turn.context_mode, gen_seconds=gen_s,
+                    state_key=ep.info.get("state_key"), progress=ep.info.get("progress"))
+        step.info = {"kind": turn.kind, "format_ok": decision.format_ok, "continued_prompt": req.continued}
+        if prefix:
+            step.info["response_prefix"] = prefix
+        if decision.note:
+            step.info["format_note"] = decision.note
+        if decision.action is None:  # a memory-only turn (a summary): no env step
+            ep.traj.steps.append(step)
+            if ep.memory.llm_turns > 2 * self.max_steps + 16:  # a runaway agent
+                step.truncated = True
+                ep.traj.truncated = True
+                ep.done = True
+            return None
+        if ep.early is not None:
+            action, future, dispatched = ep.early
+            step.info["dispatched_early"] = True
+            step.info["dispatch_lead_s"] = round(gen_end - dispatched, 6)
+            stats.dispatched_early += 1
+            if action != decision.action:  # cannot happen with a consistent agent; the env saw `action`
+                step.info["parsed_action"] = decision.action
+        else:
+            action, future = decision.action, pool.submit(ep.slot, "step", decision.action)
+        return ep, step, action, future
+
+    def _run_continuous(self, queue: deque, free: list[int], live: list[_Episode], pool: EnvPool,
+                        stats: RunStats, results: list[Trajectory], writer: TrajectoryWriter | None,
+                        start: float) -> None:
+        """Continuous batching: an episode's next request joins the engine's running batch as soon as its env
+        step is back, instead of waiting for the slowest reply of a lockstep turn (see the module docstring)."""
+        session = self.engine.session()
+        max_context = getattr(self.engine, "max_context", None)
+        requests: dict[int, _Request] = {}  # request id -> request
+        busy: set[int] = set()  # slots with a request in the engine or an env step in flight
+        stepping: list[tuple[_Episode, Step, str, Future]] = []
+        while queue or live:
+            self._start_episodes(queue, free, live, pool, stats)
+            for ep in live:
+                if ep.done or ep.slot in busy:
+                    continue
+                req = self._request(ep, max_context)
+                if req is None:
+                    continue
+                on_text = partial(self._early_dispatch, req, pool) if self.streams_actions else None
+                requests[session.submit(req.prompt, req.sampling, on_text)] = req
+                busy.add(ep.slot)
+            for ep in [e for e in live if e.done and e.slot not in busy]:
+                live.remove(ep)
+                self._finish(ep, pool, results, writer, stats)
+                free.append(ep.slot)
+            if not live and not queue:
+                break
+            if session.running or session.waiting:
+                t0 = time.perf_counter()
+                finished = session.step()
+                now = time.perf_counter()
+                stats.generate_s += now - t0
+                for request_id, completion in finished:
+                    req = requests.pop(request_id)
+                    item = self._reply(req, completion, now - req.submitted, now, pool, stats)
+                    if item is None:
+                        busy.discard(req.ep.slot)
+                    else:
+                        stepping.append(item)
+                stats.generate_calls = session.admissions
+            if not stepping:
+                continue
+            wait = time.perf_counter()
+            if self.deterministic:
+                ready, stepping = stepping, []  # every env step back before the next decode step
+            else:
+                if not (session.running or session.waiting):  # nothing to decode: wait for the first env step
+                    _wait_first([item[3] for item in stepping])
+                ready, stepping = _partition(stepping, lambda item: item[3].done())
+            if ready:
+                for item in ready:
+                    self._apply_step(*item, stats)
+                    busy.discard(item[0].slot)
+                if self.on_turn is not None:
+                    stats.wall_s = time.perf_counter() - start
+                    self.on_turn(stats)
+            stats.env_wait_s += time.perf_counter() - wait
 
     # ---- one turn of a direct agent (oracle, random) ----------------------------------------------
     def _direct_turn(self, live: list[_Episode], pool: EnvPool, stats: RunStats) -> None:
@@ -515,6 +624,22 @@ class EpisodeRunner:
             writer.write(traj)
         if self.on_trajectory is not None:
             self.on_trajectory(traj)
+
+
+def _wait_first(futures: list[Any]) -> None:
+    """Block until one of ``futures`` is done (concurrent futures, or anything with ``done()``/``result()``)."""
+    if all(isinstance(f, Future) for f in futures):
+        wait(futures, return_when=FIRST_COMPLETED)
+    elif not any(f.done() for f in futures):
+        with contextlib.suppress(Exception):
+            futures[0].result()
+
+
+def _partition(items: list[Any], done: Callable[[Any], bool]) -> tuple[list[Any], list[Any]]:
+    yes, no = [], []
+    for item in items:
+        (yes if done(item) else no).append(item)
+    return yes, no
 
 
 def _registered_max_steps(env_id: str) -> int | None:

@@ -131,44 +131,59 @@ def _cache_settings(args: argparse.Namespace) -> list[tuple[str, bool]]:
     return {"on": [("", True)], "off": [("", False)], "compare": [(" off", False), (" on", True)]}[args.prefix_cache]
 
 
+def _schedules(engine: Any, args: argparse.Namespace) -> list[str]:
+    can = callable(getattr(engine, "session", None)) and getattr(engine, "session_off_reason", None) is None
+    if args.schedule == "compare":
+        return ["lockstep", "continuous"] if can else ["lockstep"]
+    if args.schedule == "continuous" and not can:
+        raise SystemExit(f"--schedule continuous: {engine.name} has no continuous batching "
+                         f"({getattr(engine, 'session_off_reason', None) or 'no session()'})")
+    return [args.schedule]
+
+
 def measure_batching(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
     specs = plan_episodes(args.env, split=args.split, num_tasks=args.episodes, seed=args.seed)
-    rows: dict[str, Any] = {"prefix_cache": args.prefix_cache}
+    schedules = _schedules(engine, args)
+    rows: dict[str, Any] = {"prefix_cache": args.prefix_cache, "schedules": schedules}
     labels = []
-    for mode, concurrent in (("sequential", 1), ("batched", args.batch)):
+    modes = [("sequential", 1, "lockstep")] + [(name, args.batch, name) for name in schedules]
+    for mode, concurrent, schedule in modes:
         for suffix, enabled in _cache_settings(args):
             label = mode + suffix
             labels.append(label)
             agent = make_agent("react", args.env, max_tokens=args.max_tokens, temperature=args.temperature)
-            runner = EpisodeRunner(args.env, agent, engine, max_concurrent=concurrent, max_steps=args.max_steps)
+            runner = EpisodeRunner(args.env, agent, engine, max_concurrent=concurrent, max_steps=args.max_steps,
+                                   schedule=schedule)
             with prefix_cache(engine, enabled):
                 result = runner.run(specs)
                 prefill = engine.prefill_stats.to_dict() if hasattr(engine, "prefill_stats") else {}
             s = result.stats
-            rows[label] = {"max_concurrent": concurrent, "prefix_cache": enabled, "episodes": s.episodes,
-                           "wall_s": s.wall_s, "generate_calls": s.generate_calls,
+            rows[label] = {"max_concurrent": concurrent, "schedule": schedule, "prefix_cache": enabled,
+                           "episodes": s.episodes, "wall_s": s.wall_s, "generate_calls": s.generate_calls,
                            "generated_tokens": s.generated_tokens, "tokens_per_s": s.tokens_per_s,
                            "env_steps": s.env_steps, "env_steps_per_s": s.env_steps_per_s,
                            "generate_s": s.generate_s, "env_s": s.env_wait_s, "other_s": s.other_s,
                            "successes": sum(t.won for t in result.trajectories), "prefill": prefill}
             print(f"  {label}: {s.wall_s:.1f}s, {s.generated_tokens} tokens, {s.generate_calls} generate calls",
                   file=sys.stderr, flush=True)
-    for suffix, _ in _cache_settings(args):
-        seq, bat = rows["sequential" + suffix], rows["batched" + suffix]
-        key = suffix.strip() or None
-        rows["ratio_wall" + (f"_cache_{key}" if key else "")] = _ratio(seq["wall_s"], bat["wall_s"])
-        rows["ratio_tokens_per_s" + (f"_cache_{key}" if key else "")] = _ratio(bat["tokens_per_s"],
-                                                                              seq["tokens_per_s"])
+    for mode in schedules:
+        for suffix, _ in _cache_settings(args):
+            seq, bat = rows["sequential" + suffix], rows[mode + suffix]
+            tail = f"_{mode}" + (f"_cache_{suffix.strip()}" if suffix else "")
+            rows["ratio_wall" + tail] = _ratio(seq["wall_s"], bat["wall_s"])
+            rows["ratio_tokens_per_s" + tail] = _ratio(bat["tokens_per_s"], seq["tokens_per_s"])
+    best = schedules[-1]  # the runner's default: continuous when the engine has it
+    on = "_cache_on" if args.prefix_cache == "compare" else ""
+    rows["ratio_wall"] = rows[f"ratio_wall_{best}{on}"]
+    rows["ratio_tokens_per_s"] = rows[f"ratio_tokens_per_s_{best}{on}"]
     if args.prefix_cache == "compare":
-        rows["ratio_wall"] = rows["ratio_wall_cache_on"]  # the engine's default
-        rows["ratio_tokens_per_s"] = rows["ratio_tokens_per_s_cache_on"]
-        for mode in ("sequential", "batched"):
+        for mode in ("sequential", *schedules):
             rows[f"cache_on_vs_off_{mode}"] = {
                 "wall": _ratio(rows[mode + " off"]["wall_s"], rows[mode + " on"]["wall_s"]),
                 "generate": _ratio(rows[mode + " off"]["generate_s"], rows[mode + " on"]["generate_s"]),
                 "tokens_per_s": _ratio(rows[mode + " on"]["tokens_per_s"], rows[mode + " off"]["tokens_per_s"])}
         rows["batched_on_vs_sequential_off_wall"] = _ratio(rows["sequential off"]["wall_s"],
-                                                           rows["batched on"]["wall_s"])
+                                                           rows[best + " on"]["wall_s"])
     with prefix_cache(engine, args.prefix_cache != "off"):
         rows["engine_only"] = _engine_only(engine, specs, args)
     print(f"\n== batched x{args.batch} vs sequential: {args.episodes} ReAct episodes of {args.env} "
@@ -181,18 +196,19 @@ def measure_batching(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
         print(f"{label:15} {r['wall_s']:8.1f} {r['generate_s']:8.1f} {r['env_s']:7.2f} {r['generate_calls']:6d} "
               f"{r['generated_tokens']:7d} {r['tokens_per_s']:8.1f} {r['env_steps_per_s']:8.2f} "
               f"{f.get('prompt_tokens', 0):11d} {f.get('prefill_tokens', 0):10d} {f.get('padded_tokens', 0):8d}")
-    for suffix, _ in _cache_settings(args):
-        key = suffix.strip()
-        tail = f"_cache_{key}" if key else ""
-        print(f"batched vs sequential{' (cache ' + key + ')' if key else ''}: wall {rows['ratio_wall' + tail]:.2f}x, "
-              f"tokens/s {rows['ratio_tokens_per_s' + tail]:.2f}x")
+    for mode in schedules:
+        for suffix, _ in _cache_settings(args):
+            key = suffix.strip()
+            tail = f"_{mode}" + (f"_cache_{key}" if key else "")
+            print(f"{mode} x{args.batch} vs sequential{' (cache ' + key + ')' if key else ''}: "
+                  f"wall {rows['ratio_wall' + tail]:.2f}x, tokens/s {rows['ratio_tokens_per_s' + tail]:.2f}x")
     if args.prefix_cache == "compare":
-        for mode in ("sequential", "batched"):
+        for mode in ("sequential", *schedules):
             c, f = rows[f"cache_on_vs_off_{mode}"], rows[mode + " on"]["prefill"]
             print(f"prefix cache on vs off, {mode}: wall {c['wall']:.2f}x, generate {c['generate']:.2f}x, "
                   f"tokens/s {c['tokens_per_s']:.2f}x; prefilled {f['prefill_tokens']} of {f['prompt_tokens']} "
                   f"prompt tokens ({_share(f['saved_tokens'], f['prompt_tokens'])} saved)")
-        print(f"batched with cache vs sequential without: wall {rows['batched_on_vs_sequential_off_wall']:.2f}x")
+        print(f"{best} with cache vs sequential without: wall {rows['batched_on_vs_sequential_off_wall']:.2f}x")
     e = rows["engine_only"]
     print(f"engine alone on the {e['prompts']} first-turn prompts ({e['prompt_tokens']} prompt tokens each on "
           f"average, prefix cache {'off' if args.prefix_cache == 'off' else 'on'}, emptied before each): one by one "
@@ -363,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paced-tokens-per-s", type=float, default=40.0, help="token rate of the controlled stream")
     p.add_argument("--prefix-cache", choices=("on", "off", "compare"), default="on",
                    help="hf engine's prefix KV cache in the batch comparison; compare: both, side by side")
+    p.add_argument("--schedule", choices=("lockstep", "continuous", "compare"), default="compare",
+                   help="runner schedule of the batched runs: lockstep turns, continuous batching, or both "
+                        "side by side (the sequential run is always lockstep)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", default="results/rollout_throughput.json")
     args = p.parse_args(argv)

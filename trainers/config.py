@@ -84,6 +84,11 @@ class RolloutConfig:
     tasks_per_iter: int = _f(4, "tasks per iteration")
     group_size: int = _f(8, "rollouts per task (the G of GRPO)")
     max_concurrent: int = _f(32, "episodes generated in one batch")
+    schedule: str = _f("auto", "runner schedule: 'continuous' batching (an episode's next turn joins the running "
+                               "batch as soon as its env step is back), 'lockstep' turns, or 'auto' (continuous "
+                               "where the engine supports it: hf)")
+    deterministic: bool = _f(True, "continuous schedule: wait for each decode step's env steps before the next "
+                                   "(rollouts then depend on the seeds alone; set false for slow envs)")
     engine_kwargs: dict = _f({}, "extra engine arguments (e.g. {max_batch_size: 16} or vLLM's {gpu_memory_utilization: 0.5})")
 
 

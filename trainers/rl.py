@@ -364,7 +364,8 @@ class RLTrainer:
             g = cfg.rollout.group_size
             specs = [sp for i, sp in enumerate(specs) if (i // g) % self.dist.world == self.dist.rank]
         runner = EpisodeRunner(cfg.env.id, self.agent, self.engine, env_kwargs=cfg.env.kwargs,
-                               max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None)
+                               max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None,
+                               schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic)
         result = runner.run(specs)
         return result.trajectories, result.stats
 
@@ -789,7 +790,8 @@ class RLTrainer:
                               env_kwargs=cfg.env.kwargs)
         agent = self._make_agent(cfg.run.eval_temperature)
         runner = EpisodeRunner(cfg.env.id, agent, self.engine, env_kwargs=cfg.env.kwargs,
-                               max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None)
+                               max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None,
+                               schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic)
         t0 = time.perf_counter()
         trajs = [t for t in runner.run(specs).trajectories if t.error is None]
         wins = sum(t.won for t in trajs)
