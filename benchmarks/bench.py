@@ -104,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="env pool threads/processes")
     parser.add_argument("--schedule", default="auto", choices=("auto", "lockstep", "continuous"),
                         help="runner schedule: continuous batching (auto, where the engine has it) or lockstep turns")
+    parser.add_argument("--overlap-env", action="store_true",
+                        help="continuous schedule: decode while env steps run (faster with slow envs; batch shapes "
+                             "then depend on timing, so results are reproducible only up to float rounding)")
     parser.add_argument("--env-kwarg", action="append", default=[], metavar="KEY=VALUE",
                         help="env constructor argument (repeatable)")
     parser.add_argument("--engine-kwarg", action="append", default=[], metavar="KEY=VALUE",
@@ -270,6 +273,7 @@ def _bench_one(env_id: str, agent: Any, engine: Any, model: str, args: argparse.
     bar = _progress(len(specs), label, disable=args.no_progress)
     runner = EpisodeRunner(env_id, agent, engine, env_kwargs=env_kwargs, pool=args.pool, workers=args.workers,
                            max_concurrent=args.max_concurrent, max_steps=args.max_steps, schedule=args.schedule,
+                           deterministic=not args.overlap_env,
                            keep_prompts=args.keep_prompts, model_name=getattr(engine, "name", model) if engine else "",
                            on_trajectory=bar.update_with, on_turn=bar.turn)
     path = out / (f"{_slug(env_id)}__{agent.name}" + (f"__{_slug(model)}" if model != "-" else "") + ".jsonl")

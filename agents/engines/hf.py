@@ -911,6 +911,9 @@ class HFSession:
         self._callbacks: dict[int, Callable[[str], None]] = {}
         self._batch: _Batch | None = None
         self._fingerprint: Any = None
+        self._modules = list(engine.model.modules())
+        self._tensors = list(itertools.chain(engine.model.parameters(), engine.model.buffers()))
+        self._versions: tuple[int, ...] = ()
         self._next_id = 0
         #: decode steps run, prefill passes that admitted requests, requests admitted
         self.steps = self.admissions = self.admitted = 0
@@ -941,9 +944,8 @@ class HFSession:
         that finished (in the running batch's order). Nothing to do returns ``[]``."""
         engine = self.engine
         torch = engine._torch
-        with engine._lock, torch.no_grad(), _eval_mode(engine.model):
-            if self._batch is not None and self._batch.rows and \
-                    _weights_fingerprint(engine.model) != self._fingerprint:
+        with engine._lock, torch.no_grad(), _eval_mode(engine.model, self._modules):
+            if self._batch is not None and self._batch.rows and self._changed():
                 raise RuntimeError(f"{engine.name}'s weights changed while a session had rows running; let a "
                                    "session drain (or open a new one) before updating the weights")
             self._admit()
@@ -954,6 +956,16 @@ class HFSession:
         for row in done:
             self._callbacks.pop(row.index, None)
         return [(row.index, engine._completion(row)) for row in done]
+
+    def _changed(self) -> bool:
+        """Whether the weights changed since the running rows started: version counters of the tensors
+        listed then (cheap enough for every step), and the full fingerprint every 16 steps (a tensor
+        replaced by another)."""
+        if not isinstance(self._fingerprint, tuple):  # inference tensors: nothing to compare
+            return False
+        if tuple(t._version for t in self._tensors) != self._versions:
+            return True
+        return self.steps % 16 == 0 and _weights_fingerprint(self.engine.model) != self._fingerprint
 
     def _stream(self, index: int, text: str) -> None:
         callback = self._callbacks.get(index)
@@ -973,6 +985,10 @@ class HFSession:
         rows = [waiting.popleft()[0] for _ in range(min(room, len(waiting)))]
         if running == 0:
             self._fingerprint = _weights_fingerprint(engine.model)
+            try:
+                self._versions = tuple(t._version for t in self._tensors)
+            except RuntimeError:  # inference tensors keep no version counter
+                self._tensors, self._versions = [], ()
         if engine.prefix_cache is not None:
             engine.prefix_cache.check_weights(self._fingerprint)
         new = engine._open(rows)
@@ -1014,9 +1030,13 @@ def _inverse_cdf(weights, uniforms):
 
 
 @contextlib.contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
-    """Eval mode for the duration, then every submodule's own train/eval flag back."""
-    flags = [(m, m.training) for m in model.modules()]
+def _eval_mode(model: Any, modules: Sequence[Any] | None = None) -> Iterator[None]:
+    """Eval mode for the duration, then every submodule's own train/eval flag back (``modules``: the
+    model's ``modules()``, listed once by a caller that enters this every decode step)."""
+    flags = [(m, m.training) for m in (model.modules() if modules is None else modules)]
+    if not any(training for _, training in flags):  # already in eval mode: nothing to switch
+        yield
+        return
     model.eval()
     try:
         yield
@@ -1125,12 +1145,19 @@ def _define_growing_layer(DynamicLayer: Any):
             self._views()
 
         def batch_select_indices(self, indices) -> None:
+            """Keep rows ``indices`` (increasing, as the engine passes them), compacted in place: each kept
+            row's live columns move down to its new index; nothing is allocated."""
             if self._kv is None:
                 return
-            # the live columns and the free ones after them, for the kept rows only
-            self._kv = self._kv[:, indices, :, self._start:]
-            self._end -= self._start
-            self._start = 0
+            keep = [int(i) for i in indices.tolist()]
+            if any(b <= a for a, b in itertools.pairwise(keep)):  # not increasing: a fresh copy is simplest
+                self._kv = self._kv[:, indices]
+            else:
+                live = slice(self._start, self._end)
+                for j, i in enumerate(keep):
+                    if i != j:  # i > j: the source row is past every row written so far
+                        self._kv[:, j, :, live] = self._kv[:, i, :, live]
+                self._kv = self._kv[:, :len(keep)]
             self._views()
 
         def batch_repeat_interleave(self, repeats: int) -> None:
