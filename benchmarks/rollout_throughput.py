@@ -1,14 +1,20 @@
 """Rollout throughput: batched vs sequential generation, env speed, P-ReAct vs ReAct.
 
-Three measurements, each printed as a table and written to ``--out`` (JSON):
+Four measurements, each printed as a table and written to ``--out`` (JSON):
 
+0. **decode** -- one decode step with ``--context`` cached tokens per row,
+   at batch 1 and ``--batch``, with transformers' concatenating KV layer and
+   the hf engine's preallocated buffer, interleaved (what the buffer saves).
 1. **batch** -- the same ReAct episodes (``--episodes`` tasks of ``--env``,
    same seeds) played by the runner twice in one process with the same
    engine: sequentially (``max_concurrent=1``: one prompt per ``generate``)
-   and batched (``max_concurrent=--batch``: one ``generate`` per turn for all
-   live episodes). Printed side by side with the ratio of wall times and of
-   generated tokens/s (the texts can differ slightly between the two runs:
-   padded batches change float rounding; tokens/s is the fair ratio).
+   and batched (``max_concurrent=--batch``) on the runner's lockstep
+   schedule (one ``generate`` per turn for all live episodes) and/or its
+   continuous one (``--schedule``). Printed side by side with the ratio of
+   wall times and of generated tokens/s (the texts can differ slightly
+   between runs: batch shapes change float rounding; tokens/s is the fair
+   ratio). ``--repeats N`` interleaves N runs of every mode and reports the
+   median one.
    ``--prefix-cache compare`` plays each of the two runs twice, with the hf
    engine's prefix KV cache off and on (side by side, off then on), and adds
    the on/off ratios and the prompt tokens each run prefilled. Every run
@@ -270,6 +276,59 @@ def _engine_only(engine: Any, specs: list, args: argparse.Namespace) -> dict[str
             "decode_ratio": decode_one / decode_batch}
 
 
+# ---- 1b. the decode step: transformers' concatenating KV layer vs the engine's buffer --------------
+
+
+def measure_decode(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Time of one decode step with ``--context`` cached tokens per row, at batch 1 and ``--batch``, with
+    transformers' ``DynamicLayer`` (concatenates: copies every row's keys/values each step) and with the hf
+    engine's growing layer (writes in place), interleaved, median of ``--decode-steps`` steps per try."""
+    import statistics
+
+    import torch
+    from transformers import DynamicCache
+
+    from turngym.agents.engines.hf import _new_cache
+
+    model = getattr(engine, "model", None)
+    if model is None:
+        raise SystemExit("--parts decode needs the hf engine")
+    out: dict[str, Any] = {"context": args.context, "steps": args.decode_steps}
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    for batch in (1, args.batch):
+        ids = torch.randint(0, vocab, (batch, args.context), generator=gen)
+        times: dict[str, list[float]] = {"dynamic": [], "buffer": []}
+        for _ in range(2):
+            for kind in times:
+                cache = DynamicCache(config=model.config) if kind == "dynamic" else _new_cache(
+                    model, reserve=args.decode_steps + 1)
+                mask = torch.ones(batch, args.context, dtype=torch.long)
+                with torch.no_grad():
+                    model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True,
+                          logits_to_keep=1)
+                    for step in range(args.decode_steps):
+                        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+                        t0 = time.perf_counter()
+                        model(input_ids=ids[:, :1], attention_mask=mask, use_cache=True, logits_to_keep=1,
+                              position_ids=torch.full((batch, 1), args.context + step), past_key_values=cache)
+                        times[kind].append(time.perf_counter() - t0)
+        row = {kind: statistics.median(t) * 1000 for kind, t in times.items()}
+        row["speedup"] = row["dynamic"] / row["buffer"]
+        out[f"batch_{batch}_ms"] = row
+    b1, bn = out["batch_1_ms"], out[f"batch_{args.batch}_ms"]
+    out["batched_tokens_per_s_gain"] = {kind: args.batch * b1[kind] / bn[kind] for kind in ("dynamic", "buffer")}
+    print(f"\n== one decode step with {args.context} cached tokens per row ({engine.name}), median ms ==")
+    print(f"{'':10} {'transformers':>13} {'engine buffer':>14} {'speedup':>8}")
+    for batch in (1, args.batch):
+        r = out[f"batch_{batch}_ms"]
+        print(f"batch {batch:<4} {r['dynamic']:13.1f} {r['buffer']:14.1f} {r['speedup']:7.2f}x")
+    g = out["batched_tokens_per_s_gain"]
+    print(f"tokens/s batched x{args.batch} vs batch 1: {g['dynamic']:.2f}x with transformers' layer, "
+          f"{g['buffer']:.2f}x with the engine's buffer")
+    return out
+
+
 # ---- 2. env speed --------------------------------------------------------------------------------
 
 
@@ -367,7 +426,9 @@ def measure_preact(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="batch,envs,preact", help="comma list of: batch, envs, preact")
+    p.add_argument("--parts", default="batch,envs,preact", help="comma list of: batch, decode, envs, preact")
+    p.add_argument("--context", type=int, default=900, help="cached tokens per row (decode)")
+    p.add_argument("--decode-steps", type=int, default=16, help="timed decode steps per try (decode)")
     p.add_argument("--model", default="default", help="engine spec (default: the embedded SmolLM2-135M)")
     p.add_argument("--env", default="turngym/Game24-v0")
     p.add_argument("--split", default="test")
@@ -399,15 +460,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args.env_kwargs = parse_key_values(args.env_kwarg, "--env-kwarg")
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
-    unknown = parts - {"batch", "envs", "preact"}
+    unknown = parts - {"batch", "decode", "envs", "preact"}
     if unknown:
-        p.error(f"unknown part(s) {sorted(unknown)}; use batch, envs, preact")
+        p.error(f"unknown part(s) {sorted(unknown)}; use batch, decode, envs, preact")
 
     report: dict[str, Any] = {"config": vars(args), "machine": {"python": platform.python_version(),
                                                                 "platform": platform.platform(),
                                                                 "cpu_count": os.cpu_count()}}
     engine = None
-    if parts & {"batch", "preact"}:
+    if parts & {"batch", "decode", "preact"}:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see turngym.benchmarks.bench._load_engine
         from turngym.agents.engines import make_engine
 
@@ -423,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         report["machine"].update(torch=torch.__version__, torch_threads=torch.get_num_threads())
         print(f"loaded {engine.name} in {report['engine']['load_s']:.1f}s; torch threads "
               f"{torch.get_num_threads()}", file=sys.stderr, flush=True)
+    if "decode" in parts:
+        report["decode"] = measure_decode(engine, args)
     if "batch" in parts:
         report["batch"] = measure_batching(engine, args)
     if "envs" in parts:
