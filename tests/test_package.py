@@ -24,7 +24,8 @@ def test_every_subpackage_is_listed_in_pyproject():
     found = {"turngym"}
     for init in ROOT.rglob("__init__.py"):
         rel = init.parent.relative_to(ROOT)
-        if rel.parts and (rel.parts[0].startswith(".") or rel.parts[0] in {"tests", "build"}):
+        if rel.parts and (rel.parts[0].startswith(".") or rel.parts[0] in {"tests", "build"}
+                          or (ROOT / rel.parts[0] / "pyvenv.cfg").exists()):  # a virtual env made in the checkout
             continue
         if rel.parts:
             found.add("turngym." + ".".join(rel.parts))
