@@ -69,6 +69,10 @@ Only the actions listed as admissible right now are valid. Keep speeches short a
 If you are a werewolf, never reveal it; if you are on the village's team, find the werewolves."""
 
 
+def _is_ids(prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], int)
+
+
 def parse_lineup(spec: str) -> list[tuple[str, str]]:
     """``"wolves=random,seer=llm,rule"`` -> ``[("wolves","random"), ("seer","llm"), ("all","rule")]`` (checked)."""
     items = []
@@ -116,6 +120,35 @@ class WerewolfLLMPolicy:
     def messages(self, observation: str) -> list[dict[str, str]]:
         return [{"role": "system", "content": self.system_prompt},
                 {"role": "user", "content": observation + "\nYour action:"}]
+
+    def fit(self, observation: str, count: Callable[[list[dict[str, str]]], int], budget: int
+            ) -> tuple[list[dict[str, str]], int]:
+        """The messages for ``observation`` within ``budget`` tokens (``count`` measures messages): when
+        they are too long, the oldest transcript lines give way to one line saying how many were left out
+        (the rules, the seat's role and the current question stay). Returns the messages and the number of
+        lines left out; raises :class:`TurngymError` when even no transcript does not fit."""
+        messages = self.messages(observation)
+        if count(messages) <= budget:
+            return messages, 0
+        head, sep, rest = observation.partition("\n\nTranscript:\n")
+        body, gap, tail = rest.rpartition("\n\n") if sep else ("", "", "")
+        lines = body.split("\n") if body else []
+
+        def cut(k: int) -> list[dict[str, str]]:
+            kept = [f"[... {k} earlier transcript line(s) left out to fit the model's context ...]"] + lines[k:]
+            return self.messages(head + sep + "\n".join(kept) + gap + tail)
+
+        if not lines or count(cut(len(lines))) > budget:
+            raise TurngymError(f"a werewolf observation does not fit in {budget} prompt tokens even without its "
+                               "transcript: use a model with a longer context, fewer max_tokens or a smaller preset")
+        lo, hi = 1, len(lines)  # the least k that fits: cut(hi) fits, cut(lo - 1) does not
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if count(cut(mid)) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        return cut(lo), lo
 
     @staticmethod
     def parse(text: str) -> tuple[str, bool]:
@@ -238,8 +271,18 @@ class WerewolfRunner:
                     pending_steps[i][p] = step
             if requests:
                 prompts, samplings = [], []
-                for i, p, messages in requests:
-                    prompts.append(self.engine.render(messages))
+                limit = getattr(self.engine, "max_context", None)
+                for r, (i, p, messages) in enumerate(requests):
+                    prompt = self.engine.render(messages)
+                    if limit and _is_ids(prompt) and len(prompt) + self.llm.sampling.max_tokens > limit:
+                        # a long game outgrew the model's context: drop the oldest transcript lines
+                        messages, left_out = self.llm.fit(
+                            live[i].obs[p], lambda m: len(self.engine.render(m)),
+                            limit - self.llm.sampling.max_tokens)
+                        prompt = self.engine.render(messages)
+                        requests[r] = (i, p, messages)
+                        pending_steps[i][p].info["transcript_lines_left_out"] = left_out
+                    prompts.append(prompt)
                     game = live[i]
                     samplings.append(SamplingParams(
                         max_tokens=self.llm.sampling.max_tokens, temperature=self.llm.sampling.temperature,

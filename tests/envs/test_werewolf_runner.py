@@ -128,3 +128,50 @@ def test_cli_play_dispatches_werewolf(monkeypatch, capsys):
     monkeypatch.setattr("builtins.input", lambda _: next(answers))
     assert main(["play", "werewolf", "--seat", "2", "--seed", "1", "--kwarg", "preset=small"]) == 0
     assert "you are Player2" in capsys.readouterr().out
+
+
+class _CharEngine:
+    """A scripted engine with a short context counted in characters (one token per character), like a
+    local engine's: render gives ids, replies name the first admissible action in the prompt."""
+
+    name = "chars"
+
+    def __init__(self, max_context: int):
+        self.max_context = max_context
+        self.prompt_lengths: list[int] = []
+
+    def render(self, messages, tools=None):
+        return [ord(c) for c in "".join(m["content"] for m in messages)]
+
+    def generate(self, prompts, sampling, on_text=None):
+        from turngym.agents.types import Completion
+
+        out = []
+        for ids in prompts:
+            assert len(ids) < self.max_context, "a prompt overflowed the context"
+            self.prompt_lengths.append(len(ids))
+            text = _reply([{"content": "".join(map(chr, ids))}])
+            out.append(Completion(text, list(text.encode()), [0.0] * len(text.encode()), prompt_ids=list(ids)))
+        return out
+
+
+def test_a_long_game_drops_its_oldest_transcript_lines_to_fit_the_context():
+    from turngym.agents.werewolf_runner import WerewolfRunner
+
+    engine = _CharEngine(max_context=2600)
+    runner = WerewolfRunner(engine, lineup="llm", preset="small", max_concurrent=4)
+    result = runner.run(range(4))
+    assert len(result.games) == 4
+    steps = [s for t in result.trajectories for s in t.steps]
+    cut = [s for s in steps if s.info.get("transcript_lines_left_out")]
+    assert cut, "no game outgrew 2,600 characters: the test needs a smaller context"
+    budget = engine.max_context - runner.llm.sampling.max_tokens
+    assert max(engine.prompt_lengths) <= budget
+    for s in cut:
+        content = s.prompt[-1]["content"]
+        assert f"[... {s.info['transcript_lines_left_out']} earlier transcript line(s) left out" in content
+        assert content.startswith(s.observation.split("\n\nTranscript:\n")[0])  # rules and role kept
+        assert content.endswith(s.observation.rsplit("\n\n", 1)[1] + "\nYour action:")  # the question kept
+        assert s.action_valid and s.info["format_ok"]
+    with pytest.raises(TurngymError, match="longer context"):
+        WerewolfRunner(_CharEngine(max_context=400), lineup="llm", preset="small").run(range(1))
