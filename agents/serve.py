@@ -50,6 +50,10 @@ goes into one ``engine.generate`` call; while a batch runs, new requests queue a
 the next batch at once. Requests may differ in sampling parameters (``generate`` takes one
 ``SamplingParams`` per prompt).
 If a batch fails, its requests are retried one by one so that one bad request fails alone.
+With an engine that batches continuously (the hf engine's ``session()``; ``--schedule
+auto``, the default, picks it), requests instead join the running batch between decode
+steps: one that arrives while others decode starts at the next step rather than after
+the whole batch, and ``stats.generate_calls`` counts admissions into the running batch.
 
 This module is imported by the CLI to build its parser: fastapi and uvicorn (the
 ``serve`` extra) and the engines are imported inside the functions that need them.
@@ -356,9 +360,16 @@ class BatchScheduler:
 
     BURST_FACTOR = 8
 
-    def __init__(self, engine: Any, max_batch_size: int = 32, batch_wait_s: float = 0.005) -> None:
+    def __init__(self, engine: Any, max_batch_size: int = 32, batch_wait_s: float = 0.005,
+                 continuous: bool | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        can = callable(getattr(engine, "session", None)) and getattr(engine, "session_off_reason", None) is None
+        if continuous and not can:
+            raise ValueError(f"continuous batching needs an engine with session() (the hf engine); "
+                             f"{getattr(engine, 'name', engine)!r} has none")
+        #: requests join the engine's running batch between decode steps (else: one generate per batch)
+        self.continuous = can if continuous is None else bool(continuous)
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
@@ -394,6 +405,9 @@ class BatchScheduler:
         self._queue.put(_Call(fn, deliver))
 
     def _loop(self) -> None:
+        if self.continuous:
+            self._loop_continuous()
+            return
         while True:
             item = self._queue.get()
             if item is None:
@@ -401,29 +415,101 @@ class BatchScheduler:
             if isinstance(item, _Call):
                 self._run_call(item)
                 continue
-            batch = [item]
-            # The window stays open while requests keep arriving (a burst from a client's
-            # thread pool trickles in), up to BURST_FACTOR windows in all.
-            start = time.monotonic()
-            deadline = start + self.batch_wait_s
-            stop = False
-            while len(batch) < self.max_batch_size:
-                try:
-                    remaining = deadline - time.monotonic()
-                    nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                if isinstance(nxt, _Call):
-                    self._run_call(nxt)
-                else:
-                    batch.append(nxt)
-                    deadline = min(time.monotonic() + self.batch_wait_s, start + self.BURST_FACTOR * self.batch_wait_s)
+            batch, stop = self._collect(item, self.max_batch_size)
             self._run_batch(batch)
             if stop:
                 return
+
+    def _collect(self, first: Job, most: int) -> tuple[list[Job], bool]:
+        """``first`` and the jobs that arrive in its window (up to ``most``); True when told to stop.
+        The window stays open while requests keep arriving (a burst from a client's thread pool
+        trickles in), up to BURST_FACTOR windows in all."""
+        batch = [first]
+        start = time.monotonic()
+        deadline = start + self.batch_wait_s
+        while len(batch) < most:
+            try:
+                remaining = deadline - time.monotonic()
+                nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return batch, True
+            if isinstance(nxt, _Call):
+                self._run_call(nxt)
+            else:
+                batch.append(nxt)
+                deadline = min(time.monotonic() + self.batch_wait_s, start + self.BURST_FACTOR * self.batch_wait_s)
+        return batch, False
+
+    def _loop_continuous(self) -> None:
+        """Continuous batching (:class:`~turngym.agents.engines.hf.HFSession`): between decode steps the
+        worker takes every queued request into the engine's running batch, so a request that arrives while
+        others decode starts at the next step instead of after the whole batch."""
+        session = self.engine.session()
+        jobs: dict[int, tuple[Job, Prompt]] = {}
+        stop = False
+        while True:
+            busy = bool(session.running or session.waiting)
+            if stop and not busy:
+                return
+            arrived: list[Job] = []
+            if not busy and not stop:  # idle: wait for a request, then for its company
+                item = self._queue.get()
+                if item is None:
+                    return
+                if isinstance(item, _Call):
+                    self._run_call(item)
+                    continue
+                arrived, stop = self._collect(item, self.max_batch_size)
+            while not stop:  # and whatever else is queued, without waiting
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                elif isinstance(item, _Call):
+                    self._run_call(item)
+                else:
+                    arrived.append(item)
+            if arrived:
+                self._admit(session, jobs, arrived)
+            if not (session.running or session.waiting):
+                continue
+            try:
+                finished = session.step()
+            except Exception as exc:  # every running request fails with it; a fresh session goes on
+                for job, _ in jobs.values():
+                    job.deliver("error", exc)
+                jobs.clear()
+                session = self.engine.session()
+                continue
+            self.stats.max_batch = max(self.stats.max_batch, session.running + len(finished))
+            for request, completion in finished:
+                job, prompt = jobs.pop(request)
+                self._deliver(job, prompt, completion)
+
+    def _admit(self, session: Any, jobs: dict[int, tuple[Job, Prompt]], arrived: list[Job]) -> None:
+        submitted = 0
+        for job in arrived:
+            try:
+                prompt = job.prompt if job.messages is None else self.engine.render(job.messages, job.tools)
+            except Exception as exc:
+                job.deliver("error", APIError(400, f"messages: the chat template failed: {exc}", param="messages"))
+                continue
+            on_text = (lambda text, job=job: job.deliver("text", text)) if job.stream else None
+            try:
+                request = session.submit(prompt, job.sampling, on_text)
+            except Exception as exc:  # a bad prompt (too long, unknown ids) fails alone
+                job.deliver("error", exc)
+                continue
+            jobs[request] = (job, prompt)
+            submitted += 1
+        if submitted:
+            self.stats.generate_calls += 1
+            self.stats.prompts += submitted
+            self.stats.batch_sizes = self.stats.batch_sizes[-999:] + [submitted]
 
     @staticmethod
     def _run_call(call: _Call) -> None:
@@ -472,16 +558,19 @@ class BatchScheduler:
         self.stats.max_batch = max(self.stats.max_batch, len(jobs))
         self.stats.batch_sizes = self.stats.batch_sizes[-999:] + [len(jobs)]
         for job, prompt, completion in zip(jobs, prompts, completions):
-            try:
-                prompt_ids = completion.prompt_ids
-                if prompt_ids is None and isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-                    prompt_ids = list(prompt)
-                texts = None
-                if job.token_texts and completion.token_ids is not None:
-                    texts = token_texts(self.engine, completion.token_ids)
-                job.deliver("done", JobResult(completion, prompt_ids, texts))
-            except Exception as exc:
-                job.deliver("error", exc)
+            self._deliver(job, prompt, completion)
+
+    def _deliver(self, job: Job, prompt: Prompt, completion: Completion) -> None:
+        try:
+            prompt_ids = completion.prompt_ids
+            if prompt_ids is None and isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+                prompt_ids = list(prompt)
+            texts = None
+            if job.token_texts and completion.token_ids is not None:
+                texts = token_texts(self.engine, completion.token_ids)
+            job.deliver("done", JobResult(completion, prompt_ids, texts))
+        except Exception as exc:
+            job.deliver("error", exc)
 
 
 def token_texts(engine: Any, ids: list[int]) -> list[str]:
@@ -590,7 +679,7 @@ def _count(ids: list[int] | None) -> int:
 
 def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: int = 32,
                batch_wait_ms: float = 10.0, api_key: str | None = None,
-               default_chat_max_tokens: int = DEFAULT_CHAT_MAX_TOKENS) -> Any:
+               default_chat_max_tokens: int = DEFAULT_CHAT_MAX_TOKENS, continuous: bool | None = None) -> Any:
     """A FastAPI app serving ``engine`` over the OpenAI API (see the module docstring).
 
     Args:
@@ -600,6 +689,8 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
         batch_wait_ms: how long an idle server waits to batch a request with others.
         api_key: when set, requests must send ``Authorization: Bearer <api_key>``.
         default_chat_max_tokens: ``max_tokens`` of chat requests that give none.
+        continuous: continuous batching (None: where the engine supports it; False: one
+            ``generate`` per batch).
 
     The scheduler is ``app.state.scheduler`` (its ``stats`` count batches).
     """
@@ -612,7 +703,8 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     served = model_name or getattr(engine, "name", None) or "turngym"
-    scheduler = BatchScheduler(engine, max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000)
+    scheduler = BatchScheduler(engine, max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000,
+                               continuous=continuous)
     created = int(time.time())
     vocab_size = _vocab_size(engine)
 
@@ -908,6 +1000,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=32, help="most prompts per batched generate call")
     parser.add_argument("--batch-wait-ms", type=float, default=10.0,
                         help="how long an idle server waits to batch a request with others")
+    parser.add_argument("--schedule", default="auto", choices=("auto", "lockstep", "continuous"),
+                        help="continuous batching (requests join the running batch; auto: where the engine has "
+                             "it, the hf engine) or one generate call per batch of requests (lockstep)")
     parser.add_argument("--served-model-name", default=None, help="the model id clients send (default: the engine's)")
     parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     parser.add_argument("--default-max-tokens", type=int, default=DEFAULT_CHAT_MAX_TOKENS,
@@ -934,7 +1029,8 @@ def run(args: argparse.Namespace) -> int:
     engine = make_engine(args.model)
     app = create_app(engine, args.served_model_name, max_batch_size=args.max_batch_size,
                      batch_wait_ms=args.batch_wait_ms, api_key=args.api_key,
-                     default_chat_max_tokens=args.default_max_tokens)
+                     default_chat_max_tokens=args.default_max_tokens,
+                     continuous={"auto": None, "lockstep": False, "continuous": True}[args.schedule])
     url = f"http://{args.host}:{args.port}/v1"
     print(f"turngym serve: {app.state.model_name} at {url} (OpenAI-compatible); "
           f"e.g. turngym bench --model openai:{url}", file=sys.stderr, flush=True)

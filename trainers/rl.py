@@ -69,6 +69,8 @@ this package's token layer; torch and transformers (``train`` extra).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import math
 import os
 import time
@@ -825,6 +827,14 @@ _SUM_KEYS = ("episodes", "env_errors", "trained_episodes", "generated_tokens", "
              "num_loss_tokens", "pairs", "tokens_per_s", "env_steps_per_s")
 
 
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
 class _Distributed:
     """torch.distributed when launched by torchrun (WORLD_SIZE > 1), else a no-op.
 
@@ -849,6 +859,9 @@ class _Distributed:
 
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            # Torn down before the interpreter's own exit: gloo's threads alive when C++ statics are
+            # destroyed abort the process ("terminate called without an active exception"), now and then.
+            atexit.register(_destroy_process_group)
         return cls(dist.get_rank(), dist.get_world_size())
 
     @property

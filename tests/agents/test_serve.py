@@ -551,3 +551,35 @@ def test_smollm2_through_the_server_matches_a_teacher_forced_pass():
     reference = teacher_forced_logprobs(engine.model, r.prompt_token_ids, choice.token_ids)
     assert _max_diff([e.logprob for e in choice.logprobs.content], reference) < 1e-3
     assert choice.message.content and engine.tokenizer.decode(choice.token_ids).startswith(choice.message.content)
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_hf_a_request_arriving_mid_decode_joins_the_running_batch(tiny_engine, continuous):
+    """Continuous batching: a short request sent while a long one decodes finishes first; one generate per
+    batch (lockstep) makes it wait for the long one."""
+    with ServerThread(create_app(tiny_engine, batch_wait_ms=1, continuous=continuous)) as server:
+        assert server.app.state.scheduler.continuous is continuous
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)
+        done: list[str] = []
+
+        def long() -> None:
+            stream = client.completions.create(model="hf:tiny", prompt="Thought: I", max_tokens=400, seed=1,
+                                               temperature=1.0, stream=True)
+            for k, _ in enumerate(stream):
+                if k == 2:
+                    started.set()
+            done.append("long")
+
+        started = threading.Event()
+        thread = threading.Thread(target=long)
+        thread.start()
+        assert started.wait(60)
+        short = client.completions.create(model="hf:tiny", prompt="x", max_tokens=3, seed=2, temperature=1.0,
+                                          extra_body={"return_token_ids": True}).choices[0]
+        done.append("short")
+        thread.join(60)
+        assert done == (["short", "long"] if continuous else ["long", "short"])
+        from turngym.agents.types import SamplingParams
+
+        direct = tiny_engine.generate(["x"], SamplingParams(max_tokens=3, temperature=1.0, seed=2))[0]
+        assert short.token_ids == direct.token_ids
