@@ -409,16 +409,23 @@ class BatchScheduler:
             self._loop_continuous()
             return
         while True:
+            batch, stop = self._wait_batch()
+            if batch:
+                self._run_batch(batch)
+            if stop:
+                return
+
+    def _wait_batch(self) -> tuple[list[Job], bool]:
+        """Block for the next job (running calls that come first) and collect its window; True when told
+        to stop."""
+        while True:
             item = self._queue.get()
             if item is None:
-                return
+                return [], True
             if isinstance(item, _Call):
                 self._run_call(item)
                 continue
-            batch, stop = self._collect(item, self.max_batch_size)
-            self._run_batch(batch)
-            if stop:
-                return
+            return self._collect(item, self.max_batch_size)
 
     def _collect(self, first: Job, most: int) -> tuple[list[Job], bool]:
         """``first`` and the jobs that arrive in its window (up to ``most``); True when told to stop.
@@ -455,13 +462,7 @@ class BatchScheduler:
                 return
             arrived: list[Job] = []
             if not busy and not stop:  # idle: wait for a request, then for its company
-                item = self._queue.get()
-                if item is None:
-                    return
-                if isinstance(item, _Call):
-                    self._run_call(item)
-                    continue
-                arrived, stop = self._collect(item, self.max_batch_size)
+                arrived, stop = self._wait_batch()
             while not stop:  # and whatever else is queued, without waiting
                 try:
                     item = self._queue.get_nowait()
