@@ -26,8 +26,10 @@ group) with one agent object and one engine:
      depend on timing, which changes log-probs in the last bits and, rarely,
      a sampled token whose uniform draw sits within rounding of a boundary.
      Measured on the 2-core CPU with SmolLM2 (24 Game24 episodes x 3 turns,
-     16 at once, 5 interleaved runs each): on par with lockstep (median
-     82 s vs 85 s; the machine's run-to-run spread is +-10%); it saves the
+     16 at once, 5 interleaved runs each; rerun with ``benchmarks/
+     rollout_throughput.py --parts batch --episodes 24 --max-steps 3
+     --repeats 5``): on par with lockstep (median 82 s vs 85 s; the
+     machine's run-to-run spread is +-10%); it saves the
      decode steps a lockstep turn spends on its longest replies but copies
      the running keys/values when requests join.
 
