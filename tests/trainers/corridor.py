@@ -102,12 +102,6 @@ def word_tokenizer():
 
 
 def tiny_policy(tokenizer, seed: int = 0):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from turngym.testing import tiny_llama
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False, initializer_range=0.02)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(torch.float32)
+    return tiny_llama(tokenizer, hidden=32, intermediate=64, max_positions=256, init=0.02, seed=seed, eval_mode=False)
