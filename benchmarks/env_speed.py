@@ -27,6 +27,7 @@ import json
 import platform
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,24 +54,41 @@ def command_sequences(tasks: list[dict], steps: int, seed: int) -> list[list[str
     return out
 
 
-def _time_engine(make_game, tasks, seqs, cold) -> dict[str, float]:
+def _time(reset: Callable[[dict], Any], step: Callable[[Any, str], bool], tasks, seqs, cold: bool
+          ) -> dict[str, float]:
+    """Resets/s and steps/s: ``reset(task)`` returns a handle, ``step(handle, cmd)`` returns True when the
+    game ended (the rest of that sequence is skipped). ``cold``: the scene cache is emptied before each reset."""
     reset_s = step_s = 0.0
     n_steps = 0
     for task, seq in zip(tasks, seqs):
         if cold:
             alf_env._SCENES.clear()
         t0 = time.perf_counter()
-        game = make_game(task)
-        game.intro()
+        handle = reset(task)
         reset_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         for cmd in seq:
-            game.step(cmd)
-            game.admissible_commands()
-            game.won()
+            n_steps += 1
+            if step(handle, cmd):
+                break
         step_s += time.perf_counter() - t0
-        n_steps += len(seq)
     return {"resets_per_s": len(tasks) / reset_s, "steps_per_s": n_steps / step_s}
+
+
+def _time_engine(make_game, tasks, seqs, cold) -> dict[str, float]:
+    """The bare engine: a game per task, then step + admissible commands + won per command."""
+    def reset(task):
+        game = make_game(task)
+        game.intro()
+        return game
+
+    def step(game, cmd) -> bool:
+        game.step(cmd)
+        game.admissible_commands()
+        game.won()
+        return False
+
+    return _time(reset, step, tasks, seqs, cold)
 
 
 def _native_game(task):
@@ -79,24 +97,13 @@ def _native_game(task):
 
 
 def _time_env(engine: str, tasks, seqs, cold: bool) -> dict[str, float]:
+    """Through the Gymnasium env (one instance, reset per task)."""
     env = ALFWorldEnv(engine=engine)
-    reset_s = step_s = 0.0
-    n_steps = 0
-    for task, seq in zip(tasks, seqs):
-        if cold:
-            alf_env._SCENES.clear()
-        t0 = time.perf_counter()
-        env.reset(options={"task": task})
-        reset_s += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for cmd in seq:
-            *_, term, _, _ = env.step(cmd)
-            n_steps += 1
-            if term:
-                break
-        step_s += time.perf_counter() - t0
-    env.close()
-    return {"resets_per_s": len(tasks) / reset_s, "steps_per_s": n_steps / step_s}
+    try:
+        return _time(lambda task: env.reset(options={"task": task}), lambda _, cmd: bool(env.step(cmd)[2]),
+                     tasks, seqs, cold)
+    finally:
+        env.close()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
