@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from turngym.files import atomic_path
 
 #: A prompt is raw text, token ids, or chat messages ({"role": ..., "content": ...}).
 Prompt = str | list[int] | list[dict[str, Any]]
@@ -177,16 +178,9 @@ def save_trajectories(trajectories: Iterable[Trajectory], path: str | os.PathLik
     path = Path(path)
     if path.suffix == ".parquet":
         return save_trajectories_parquet(trajectories, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for traj in trajectories:
-                f.write(trajectory_to_json(traj) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for traj in trajectories:
+            f.write(trajectory_to_json(traj) + "\n")
     return path
 
 
@@ -258,16 +252,9 @@ def save_trajectories_parquet(trajectories: Iterable[Trajectory], path: str | os
     """Write trajectories to one Parquet file atomically (temp file + rename); needs pyarrow."""
     pa, pq = _parquet_modules()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist([_parquet_record(t) for t in trajectories], schema=_parquet_schema(pa))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        pq.write_table(table, str(tmp))
     return path
 
 

@@ -47,12 +47,13 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from turngym.files import write_text_atomic
 
 #: z for a two-sided 95% interval.
 Z95 = 1.959963984540054
@@ -476,14 +477,7 @@ def _write_summary(out: Path, config: dict[str, Any], rows: list[dict[str, Any]]
     payload = {"config": config, "versions": _versions(), "interrupted": interrupted,
                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
     text = json.dumps(_finite(payload), indent=2, default=str)
-    fd, tmp = tempfile.mkstemp(prefix="summary.json.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, out / "summary.json")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(out / "summary.json", text + "\n")
 
 
 def _finite(value: Any) -> Any:

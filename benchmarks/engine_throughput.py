@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from turngym.files import write_text_atomic
+
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about autumn.", "Explain what a hash table is.",
     "List three prime numbers.", "How do plants make food?", "Give me a tip for learning Python.",
@@ -102,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0], "torch": torch.__version__, "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, args.out)
+        write_text_atomic(args.out, json.dumps(record, indent=2) + "\n")
     return 0
 
 

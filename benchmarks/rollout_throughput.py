@@ -51,7 +51,6 @@ import sys
 import time
 from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -61,6 +60,7 @@ from turngym.agents.engines.base import per_prompt_sampling
 from turngym.agents.pool import make_env
 from turngym.agents.runner import EpisodeRunner, plan_episodes
 from turngym.agents.types import Completion
+from turngym.files import write_text_atomic
 
 
 class LatencyEnv(gym.Wrapper):
@@ -492,11 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         report["envs"] = measure_envs(args)
     if "preact" in parts:
         report["preact"] = measure_preact(engine, args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    os.replace(tmp, out)
+    out = write_text_atomic(args.out, json.dumps(report, indent=2, default=str) + "\n")
     print(f"\nwrote {out}")
     return 0
 

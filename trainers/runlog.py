@@ -26,6 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from turngym.files import write_text_atomic
+
 STATE_FILE = "trainer_state.pt"
 
 
@@ -89,9 +91,7 @@ def _plain(v: Any) -> Any:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 # ---- RNG ------------------------------------------------------------------------------------------------

