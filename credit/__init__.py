@@ -12,7 +12,14 @@ response. This package depends on nothing else of ours.
 
 from __future__ import annotations
 
-from turngym.credit.batch import ESTIMATORS, StepBatch, compute_advantages, factorize, register_estimator
+from turngym.credit.batch import (  # noqa: I001
+    ESTIMATORS,
+    StepBatch,
+    check_estimator,
+    compute_advantages,
+    factorize,
+    register_estimator,
+)
 
 # Importing an estimator module registers it in ESTIMATORS.
 # -- outcome / value-based estimators --
@@ -30,6 +37,7 @@ __all__ = [
     "StepBatch",
     "anchor_group_stats",
     "anchor_groups",
+    "check_estimator",
     "compute_advantages",
     "factorize",
     "fit_progress_estimator",

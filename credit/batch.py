@@ -316,16 +316,25 @@ def _check_hparams(name: str, fn: Estimator, hparams: dict[str, Any]) -> None:
             )
 
 
-def compute_advantages(name: str, batch: StepBatch, **hparams: Any) -> np.ndarray:
-    """Per-step advantages (float64, aligned to the batch rows) from estimator ``name``."""
+def check_estimator(name: str, hparams: dict[str, Any] | None = None) -> None:
+    """Raise before any work if ``name`` is not a registered estimator or ``hparams`` has a key it lacks.
+
+    Unknown names are a ``KeyError`` and unknown hyperparameters a ``TypeError``, each naming the
+    closest known one. Config loaders call this so a typo fails before the first rollout.
+    """
     if name not in ESTIMATORS:
         close = difflib.get_close_matches(name, list(ESTIMATORS), n=2)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(f"unknown credit estimator {name!r}{hint} (known: {', '.join(sorted(ESTIMATORS))})")
+    _check_hparams(name, ESTIMATORS[name], dict(hparams or {}))
+
+
+def compute_advantages(name: str, batch: StepBatch, **hparams: Any) -> np.ndarray:
+    """Per-step advantages (float64, aligned to the batch rows) from estimator ``name``."""
+    check_estimator(name, hparams)
     if not isinstance(batch, StepBatch):
         raise TypeError(f"compute_advantages needs a StepBatch, got {type(batch).__name__}")
     fn = ESTIMATORS[name]
-    _check_hparams(name, fn, hparams)
     adv = np.asarray(fn(batch, **hparams), dtype=np.float64)
     if adv.shape != (len(batch),):
         raise AssertionError(f"estimator {name!r} returned shape {adv.shape}, expected ({len(batch)},)")
