@@ -21,7 +21,7 @@ critic (values 0). IGPO (needs the gold answer's log-probs under an LLM) and
 Stratified GRPO (needs tool-call counts) have no meaning on a policy without
 an LLM or tools, and are left out.
 
-    python benchmarks/credit_quality.py --env turngym/BlocksWorld-v0 --tasks 64 --group-size 8 --p-oracle 0.5
+    python -m turngym.benchmarks.credit_quality --env turngym/BlocksWorld-v0 --tasks 64 --group-size 8 --p-oracle 0.5
 
 Prints a table and writes JSON (``--out``).
 """

@@ -25,7 +25,7 @@ for every step, O(S^2), about 2 minutes at 100k steps on this kind of CPU).
 The loop runs on ``--loop-steps`` rows and its time is scaled linearly to
 ``--steps``; its output is checked against ``gigpo(singleton="raw")``.
 
-    python benchmarks/credit_speed.py --steps 1000000 --out results/credit_speed.json
+    python -m turngym.benchmarks.credit_speed --steps 1000000 --out results/credit_speed.json
 """
 
 from __future__ import annotations

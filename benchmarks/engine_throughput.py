@@ -11,8 +11,8 @@ tokens/s is generated tokens over wall-clock seconds of ``generate`` (prefill
 included), best of ``--repeats``. The machine's load average is recorded:
 on a shared CPU, other processes move these numbers a lot.
 
-    python benchmarks/engine_throughput.py                     # SmolLM2-135M, batch 1 vs 16
-    python benchmarks/engine_throughput.py --batch 32 --max-tokens 128 --out results/engine_throughput.json
+    python -m turngym.benchmarks.engine_throughput                     # SmolLM2-135M, batch 1 vs 16
+    python -m turngym.benchmarks.engine_throughput --batch 32 --max-tokens 128 --out results/engine_throughput.json
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ Two levels: ``engine`` (the bare game objects: native ``Game`` vs
 ``TextWorldGame``) and ``env`` (``ALFWorldEnv(engine=...)`` through the
 Gymnasium API). Prints a table with the native/real ratios and writes JSON.
 
-    python benchmarks/env_speed.py                       # 10 valid_seen games, 40 steps each
-    python benchmarks/env_speed.py --games 20 --steps 60 --out results/env_speed.json
+    python -m turngym.benchmarks.env_speed                       # 10 valid_seen games, 40 steps each
+    python -m turngym.benchmarks.env_speed --games 20 --steps 60 --out results/env_speed.json
 
 Needs ``pip install 'turngym[alfworld]'`` for the real engine; without it only
 the native numbers are printed. This script may import every layer of turngym.

@@ -33,9 +33,9 @@ V=151,936, H=896, fp32). Time is the median wall time of the first
 forward+backward and ``--repeats`` more (the least disturbed by other
 load on a shared machine), with the process CPU time beside it.
 
-    python benchmarks/logprob_memory.py                                   # the full grid (long on a small CPU)
-    python benchmarks/logprob_memory.py --T 2048 --V 151936 --H 896       # the target point
-    python benchmarks/logprob_memory.py --T 1024 --V 49152 --variants naive,chunked --repeats 1
+    python -m turngym.benchmarks.logprob_memory                                   # the full grid (long on a small CPU)
+    python -m turngym.benchmarks.logprob_memory --T 2048 --V 151936 --H 896       # the target point
+    python -m turngym.benchmarks.logprob_memory --T 1024 --V 49152 --variants naive,chunked --repeats 1
 
 Prints a table with the ratios to naive and writes ``--out`` (JSON) and the
 same stem with ``.csv`` (one row per op, provider, T, V, metric, value,

@@ -17,8 +17,8 @@ overall and per question type, with index build time and per-query latency.
 The dense index is cached (``$TURNGYM_CACHE/search``), so only the first run
 pays the encoding (about 20 s for the 435 passages on a small CPU).
 
-    python benchmarks/retrieval_quality.py                       # bm25 and dense, 500 test questions
-    python benchmarks/retrieval_quality.py --retrievers bm25 --tasks 100
+    python -m turngym.benchmarks.retrieval_quality                       # bm25 and dense, 500 test questions
+    python -m turngym.benchmarks.retrieval_quality --retrievers bm25 --tasks 100
 
 Prints a table and writes JSON (``--out``).
 """

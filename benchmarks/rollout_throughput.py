@@ -32,10 +32,10 @@ Four measurements, each printed as a table and written to ``--out`` (JSON):
    action first or last), which isolates the runner's overlap of env time
    with generation.
 
-    python benchmarks/rollout_throughput.py                       # all three, embedded SmolLM2
-    python benchmarks/rollout_throughput.py --parts batch --episodes 16 --batch 16
-    python benchmarks/rollout_throughput.py --parts batch --prefix-cache compare --env turngym/BlocksWorld-v0
-    python benchmarks/rollout_throughput.py --parts preact --latency 1.0
+    python -m turngym.benchmarks.rollout_throughput                       # all three, embedded SmolLM2
+    python -m turngym.benchmarks.rollout_throughput --parts batch --episodes 16 --batch 16
+    python -m turngym.benchmarks.rollout_throughput --parts batch --prefix-cache compare --env turngym/BlocksWorld-v0
+    python -m turngym.benchmarks.rollout_throughput --parts preact --latency 1.0
 
 This script may import every layer of turngym.
 """
