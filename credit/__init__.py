@@ -12,11 +12,12 @@ response. This package depends on nothing else of ours.
 
 from __future__ import annotations
 
-from turngym.credit.batch import (  # noqa: I001
+from turngym.credit.batch import (
     ESTIMATORS,
     StepBatch,
     check_estimator,
     compute_advantages,
+    estimator_inputs,
     factorize,
     register_estimator,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "anchor_groups",
     "check_estimator",
     "compute_advantages",
+    "estimator_inputs",
     "factorize",
     "fit_progress_estimator",
     "gae_advantages_and_returns",

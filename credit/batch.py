@@ -287,18 +287,53 @@ def _factorize_ints(values: np.ndarray) -> np.ndarray:
 Estimator = Callable[..., np.ndarray]
 #: name -> estimator function ``f(batch, **hparams) -> np.ndarray`` of per-step advantages.
 ESTIMATORS: dict[str, Estimator] = {}
+#: what an estimator reads beyond the required fields: a tuple of optional field names, or a function of
+#: its hyper-parameters giving that tuple (see :func:`estimator_inputs`).
+Inputs = tuple[str, ...] | Callable[..., tuple[str, ...]]
+_INPUTS: dict[str, Inputs] = {}
 
 
-def register_estimator(name: str) -> Callable[[Estimator], Estimator]:
-    """Decorator adding an estimator to :data:`ESTIMATORS` under ``name``."""
+def register_estimator(name: str, *, inputs: Inputs = ()) -> Callable[[Estimator], Estimator]:
+    """Decorator adding an estimator to :data:`ESTIMATORS` under ``name``.
+
+    ``inputs`` declares the optional :class:`StepBatch` fields (``OPTIONAL_FIELDS``) the estimator
+    needs, so a trainer can fill exactly those: a tuple, or a function ``f(**hparams) -> tuple``
+    when the need depends on the hyper-parameters (e.g. GiGPO's anchor field). Where an estimator
+    accepts one of several fields, it declares the one a trainer should provide.
+    """
+    names = () if callable(inputs) else tuple(inputs)
+    unknown = [n for n in names if n not in OPTIONAL_FIELDS]
+    if unknown:
+        raise ValueError(f"estimator {name!r} declares unknown inputs {unknown}; StepBatch has {OPTIONAL_FIELDS}")
 
     def wrap(fn: Estimator) -> Estimator:
         if name in ESTIMATORS and ESTIMATORS[name] is not fn:
             raise ValueError(f"credit estimator {name!r} is registered twice")
         ESTIMATORS[name] = fn
+        _INPUTS[name] = inputs
         return fn
 
     return wrap
+
+
+def estimator_inputs(name: str, **hparams: Any) -> tuple[str, ...]:
+    """The optional StepBatch fields estimator ``name`` needs with these hyper-parameters.
+
+    Defaults of the estimator's signature fill the hyper-parameters not given, so
+    ``estimator_inputs("spa")`` is ``("progress", "action_valid")`` and
+    ``estimator_inputs("spa", beta=0.0)`` is ``("progress",)``.
+    """
+    check_estimator(name, hparams)
+    inputs = _INPUTS.get(name, ())
+    if callable(inputs):
+        params = list(inspect.signature(ESTIMATORS[name]).parameters.values())[1:]
+        full = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+        full.update(hparams)
+        inputs = tuple(inputs(**full))
+        unknown = [n for n in inputs if n not in OPTIONAL_FIELDS]
+        if unknown:
+            raise ValueError(f"estimator {name!r} declared unknown inputs {unknown}")
+    return tuple(dict.fromkeys(inputs))
 
 
 def _check_hparams(name: str, fn: Estimator, hparams: dict[str, Any]) -> None:

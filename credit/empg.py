@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from turngym.credit.batch import ESTIMATORS, StepBatch, register_estimator
+from turngym.credit.batch import ESTIMATORS, StepBatch, estimator_inputs, register_estimator
 from turngym.credit.groups import next_in_trajectory
 
 BaseEstimator = Callable[[StepBatch], np.ndarray]
@@ -63,7 +63,7 @@ def empg_modulation(entropy: np.ndarray, *, k: float = 1.0, k_f: float = 1.0) ->
     return scale, clarity
 
 
-@register_estimator("empg")
+@register_estimator("empg", inputs=lambda base, **_: ("entropy", *_base_inputs(base)))
 def empg(
     batch: StepBatch,
     *,
@@ -103,6 +103,13 @@ def empg(
     if center:
         modulated = modulated - modulated.mean()
     return modulated
+
+
+def _base_inputs(base: str | BaseEstimator) -> tuple[str, ...]:
+    """What the base estimator reads (a function given as base declares nothing)."""
+    if callable(base) or base == "empg":
+        return ()
+    return estimator_inputs(base)
 
 
 def _base_estimator(base: str | BaseEstimator) -> BaseEstimator:

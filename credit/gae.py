@@ -50,7 +50,7 @@ def gae_advantages_and_returns(
     return advantages, advantages + batch.values
 
 
-@register_estimator("gae")
+@register_estimator("gae", inputs=("values",))
 def gae(batch: StepBatch, *, gamma: float = 0.99, lam: float = 0.95, whiten: bool = False) -> np.ndarray:
     """Per-step GAE advantages, aligned to the batch rows.
 

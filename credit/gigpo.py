@@ -219,7 +219,9 @@ def gigpo_parts(
     return GiGPOParts(episode=episode, step=step, step_returns=step_returns, anchor=anchor_codes)
 
 
-@register_estimator("gigpo")
+@register_estimator(
+    "gigpo", inputs=lambda anchor, **_: ("state_key",) if anchor == "state_key" else ("observation",)
+)
 def gigpo(
     batch: StepBatch,
     *,

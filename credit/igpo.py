@@ -77,7 +77,7 @@ def igpo_turn_rewards(batch: StepBatch, *, gain: str = "prob") -> np.ndarray:
     return batch.reward + info_gain
 
 
-@register_estimator("igpo")
+@register_estimator("igpo", inputs=("gold_logprob",))  # or info_gain, precomputed
 def igpo(
     batch: StepBatch, *, gamma: float = 1.0, gain: str = "prob", eps: float = 1e-6, singleton: str = "zero"
 ) -> np.ndarray:

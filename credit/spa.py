@@ -96,7 +96,9 @@ def spa_rewards(
     return rewards
 
 
-@register_estimator("spa")
+@register_estimator(
+    "spa", inputs=lambda beta, **_: ("progress", "action_valid") if beta != 0.0 else ("progress",)
+)
 def spa(
     batch: StepBatch,
     *,

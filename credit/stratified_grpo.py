@@ -41,7 +41,7 @@ from turngym.credit.batch import StepBatch, factorize, register_estimator
 from turngym.credit.groups import group_stats, trajectory_sums
 
 
-@register_estimator("stratified_grpo")
+@register_estimator("stratified_grpo", inputs=("num_tool_calls",))
 def stratified_grpo(batch: StepBatch, *, alpha: float = 0.8, eps: float = 1e-6) -> np.ndarray:
     """Per-step Stratified GRPO advantages (SAN blended with group normalization).
 
