@@ -11,8 +11,14 @@ Command-line overrides use dotted keys and YAML values
 (``algo.clip_high=0.28 rollout.group_size=8 agent.options={window: 2}``).
 Unknown keys anywhere are rejected with the closest known key named, and
 every field's help text is printed by ``turngym train --help-config``.
+:func:`load_config` then checks the values (:func:`validate_config`): every
+key with a fixed set of choices, the env id, the agent and its options, the
+credit estimator and its hyper-parameters, so a typo fails before any model
+is loaded, naming the key, the bad value and the closest valid one.
 
-This module depends on nothing but the standard library (and PyYAML to read files).
+The dataclasses depend on nothing but the standard library (and PyYAML to read
+files); :func:`validate_config` imports the layers whose names it checks
+(``turngym.envs``, ``turngym.agents``, ``turngym.credit``, ``turngym.kernels``).
 """
 
 # ruff: noqa: RUF009  (_f() returns dataclasses.field(); list/dict defaults get a default_factory)
@@ -20,8 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
+import re
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +105,8 @@ class RolloutConfig:
 class AlgoConfig:
     estimator: str = _f("grpo", "advantage estimator from turngym.credit (grpo, dr_grpo, rloo, reinforce_pp, gigpo, "
                                 "gae, spa, igpo, stratified_grpo, empg)")
-    estimator_kwargs: dict = _f({}, "estimator hyper-parameters (e.g. {step_weight: 1.0, gamma: 0.95} for gigpo)")
+    estimator_kwargs: dict = _f({}, "estimator hyper-parameters, the keyword arguments of its turngym.credit "
+                                  "function (e.g. {omega: 1.0, gamma: 0.95} for gigpo)")
     objective: str = _f("ppo", "'ppo' (PPO-clip / GRPO loss), 'tb' (FoR's GFlowNet trajectory balance) or "
                                "'step_dpo' (Agent Q: step-level DPO on pairs from search over env snapshots)")
     sample_mode: str = _f("auto", "'stepwise' (each turn one sample), 'in_context' (the transcript one sequence) or "
@@ -129,6 +139,14 @@ class AlgoConfig:
     # IGPO (arXiv 2510.14967)
     igpo_answer_template: str = _f("<answer> {answer} </answer>", "IGPO: the text teacher-forced after each turn to "
                                    "score the gold answer ({answer} is replaced by it)")
+    # SPA (arXiv 2505.20732): where its per-step progress comes from
+    progress_source: str = _f("learned", "SPA's progress: 'learned' (the paper: a progress estimator on the policy's "
+                              "hidden state at each step's last token, fitted in the loop so a trajectory's "
+                              "contributions sum to its outcome) or 'oracle_progress' (the env's ground-truth "
+                              "progress: an oracle signal for analysis, flagged in metrics; never a default)")
+    progress_l2: float = _f(1.0, "SPA learned estimator: ridge penalty per trajectory on the standardized features")
+    progress_hidden: int = _f(0, "SPA learned estimator: hidden width of its MLP head (0: linear)")
+    progress_buffer: int = _f(4, "SPA learned estimator: fit on the steps of this many latest iterations (>= 1)")
     # Agent Q step-level DPO (arXiv 2408.07199)
     dpo_beta: float = _f(0.1, "step_dpo: DPO temperature beta")
     dpo_margin: float = _f(0.0, "step_dpo: a pair needs Q(best) - Q(worst) above this")
@@ -325,7 +343,184 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {str(p)!r} must be a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, list(overrides or []), cls)
-    return build(cls, data)
+    return validate_config(build(cls, data))
+
+
+# ---- validating values (at load time, before any model or rollout) --------------------------------------
+
+OBJECTIVES = ("ppo", "tb", "step_dpo")
+ENGINES = ("hf", "vllm")
+SCHEDULES = ("auto", "lockstep", "continuous")  # EpisodeRunner's
+LR_SCHEDULES = ("constant", "linear", "cosine")
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # trainers.model.resolve_dtype's
+OLD_LOGPROBS = ("recompute", "engine")
+SEQ_UNITS = ("sample", "step")
+#: The LLM agents a trainer can train (make_agent also builds the oracle and random baselines), and
+#: make_agent's other spellings of them.
+TRAINABLE_AGENTS = ("react", "p-react", "tool", "chat")
+_AGENT_ALIASES = {"preact": "p-react", "tool-calling": "tool", "tools": "tool", "plain": "chat"}
+#: Other codebases' names of estimator hyper-parameters (verl-agent calls GiGPO's omega step_advantage_w).
+_HPARAM_ALIASES = {"step_weight": "omega", "step_advantage_w": "omega"}
+
+
+def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}{hint}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key}={value!r} must be >= {low:g}")
+
+
+def _check_model(m: ModelConfig) -> None:
+    _choice("model.dtype", m.dtype, DTYPES)
+    if m.device not in ("auto", "", "cpu", "mps") and not re.fullmatch(r"cuda(:\d+)?", m.device):
+        raise ConfigError(f"model.device={m.device!r}: use 'auto', 'cpu' or 'cuda[:N]' (e.g. cuda:0)")
+
+
+def _check_env(env: EnvConfig, eval_tasks: int) -> bool:
+    """Make ``env.id`` the registered id (``Game24-v0`` is a shorthand); True for a multi-agent env.
+
+    A single-agent env is built once (seconds at most) to check ``env.kwargs`` and the splits.
+    """
+    import turngym
+    from turngym.envs import check_env_id, registry
+
+    try:
+        env.id = check_env_id(env.id)
+    except KeyError as exc:  # UnknownEnvError names the closest registered ids
+        raise ConfigError(f"env.id={env.id!r}: {exc}") from None
+    _at_least("env.max_steps", env.max_steps, 0)
+    entry = registry().get(env.id)
+    if entry is not None and entry.kind == "pettingzoo":  # its kwargs go to the runner, its tasks are deals
+        return True
+    try:
+        instance = turngym.make(env.id, **env.kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"env.kwargs={env.kwargs!r}: {exc}") from None
+    try:
+        splits = list(instance.unwrapped.splits())
+    except (AttributeError, NotImplementedError):  # an env without named splits
+        return False
+    finally:
+        instance.close()
+    used = [("env.split", env.split)] + ([("env.eval_split", env.eval_split)] if eval_tasks > 0 else [])
+    for key, split in used:
+        _choice(key, split, splits)
+    return False
+
+
+def _check_agent(a: AgentConfig, env_id: str) -> None:
+    """The agent's name, and its options by building it (what the trainer does later)."""
+    name = a.name.strip().lower().replace("_", "-")
+    if _AGENT_ALIASES.get(name, name) not in TRAINABLE_AGENTS:
+        close = difflib.get_close_matches(name, list(TRAINABLE_AGENTS), n=1, cutoff=0.4)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"agent.name={a.name!r} is not one of {', '.join(TRAINABLE_AGENTS)}{hint}")
+    _at_least("agent.max_tokens", a.max_tokens, 1)
+    _at_least("agent.temperature", a.temperature, 0)
+    if not 0 < a.top_p <= 1:
+        raise ConfigError(f"agent.top_p={a.top_p!r} must be in (0, 1]")
+    from turngym.agents.base import make_agent
+
+    try:
+        make_agent(a.name, env_id, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens, **a.options)
+    except TypeError as exc:  # an option the agent's constructor does not take
+        passed = ("self", "env_id", "temperature", "top_p", "max_tokens")  # set from the other agent.* keys
+        known = [p for p in inspect.signature(type(make_agent(a.name, env_id)).__init__).parameters if p not in passed]
+        unknown = [str(k) for k in a.options if k not in known]
+        close = difflib.get_close_matches(unknown[0], known, n=1, cutoff=0.5) if unknown else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        where = f"agent.options.{unknown[0]}" if unknown else "agent.options"
+        raise ConfigError(f"{where}: {exc}{hint} (known: {', '.join(known)})") from None
+    except ValueError as exc:  # an option value the agent rejects
+        raise ConfigError(f"agent.options={a.options!r}: {exc}") from None
+
+
+def _check_estimator(a: AlgoConfig) -> None:
+    from turngym.credit import ESTIMATORS, check_estimator
+
+    try:
+        check_estimator(a.estimator)
+    except KeyError as exc:
+        raise ConfigError(f"algo.estimator={a.estimator!r}: {exc.args[0]}") from None
+    if a.estimator == "gae":
+        raise ConfigError("algo.estimator='gae' needs a critic's values; the RL trainer has no critic yet: use grpo, "
+                          "gigpo, rloo, reinforce_pp, dr_grpo, spa (env progress), igpo, stratified_grpo or empg")
+    for key, value in a.estimator_kwargs.items():
+        try:
+            check_estimator(a.estimator, {key: value})
+        except TypeError as exc:
+            message = exc.args[0]
+            alias = _HPARAM_ALIASES.get(str(key))
+            if alias and "did you mean" not in message and alias in inspect.signature(ESTIMATORS[a.estimator]).parameters:
+                message += f"; did you mean {alias!r}?"
+            raise ConfigError(f"algo.estimator_kwargs.{key}={value!r}: {message}") from None
+
+
+def _check_algo(a: AlgoConfig) -> None:
+    from turngym.kernels.policy_loss import KL_ESTIMATORS, LOSS_AGG_MODES
+    from turngym.trainers.tokens import SAMPLE_MODES
+
+    _choice("algo.objective", a.objective, OBJECTIVES)
+    if a.objective == "ppo":  # tb and step_dpo use no advantages
+        _check_estimator(a)
+    _choice("algo.sample_mode", a.sample_mode, SAMPLE_MODES)
+    _choice("algo.loss_agg_mode", a.loss_agg_mode, LOSS_AGG_MODES)
+    _choice("algo.kl_estimator", a.kl_estimator, KL_ESTIMATORS)
+    _choice("algo.old_logprobs", a.old_logprobs, OLD_LOGPROBS)
+    _choice("algo.seq_unit", a.seq_unit, SEQ_UNITS)
+    if a.epo_smooth_coef and not a.entropy_coef:
+        raise ConfigError("algo.epo_smooth_coef needs algo.entropy_coef > 0 (EPO scales the smoothing term by it)")
+    _at_least("algo.ppo_epochs", a.ppo_epochs, 1)
+    _at_least("algo.mini_batches", a.mini_batches, 1)
+    if a.dual_clip and a.dual_clip <= 1:
+        raise ConfigError(f"algo.dual_clip={a.dual_clip!r} must be 0 (off) or > 1")
+
+
+def _check_rollout(r: RolloutConfig) -> None:
+    _choice("rollout.engine", r.engine, ENGINES)
+    _choice("rollout.schedule", r.schedule, SCHEDULES)
+    _at_least("rollout.tasks_per_iter", r.tasks_per_iter, 1)
+    _at_least("rollout.group_size", r.group_size, 1)
+    _at_least("rollout.max_concurrent", r.max_concurrent, 1)
+
+
+def _check_data(d: SFTData) -> None:
+    if d.source != "oracle" and not Path(d.source).is_file():
+        close = difflib.get_close_matches(d.source, ["oracle"], n=1, cutoff=0.5)
+        hint = "; did you mean 'oracle'?" if close else ""
+        raise ConfigError(f"data.source={d.source!r} is neither 'oracle' nor a trajectories .jsonl file{hint}")
+    _at_least("data.episodes", d.episodes, 1)
+    _at_least("data.epochs", d.epochs, 1)
+    _at_least("data.batch_size", d.batch_size, 1)
+
+
+def validate_config(config: Any) -> Any:
+    """Check the values of an :class:`RLConfig` or :class:`SFTConfig`; return it (``env.id`` made canonical).
+
+    Every key with a fixed set of choices, the env id, the agent and its options (multi-agent envs
+    prompt through their runner's policy: no agent to check) and, for the ``ppo`` objective, the credit
+    estimator and its hyper-parameters. A bad value raises :class:`ConfigError` naming the key, the
+    value and the closest valid choice.
+    """
+    _check_model(config.model)
+    _choice("optim.schedule", config.optim.schedule, LR_SCHEDULES)
+    if isinstance(config, RLConfig):
+        _check_rollout(config.rollout)
+        _check_algo(config.algo)
+    if isinstance(config, SFTConfig):
+        _check_data(config.data)
+    multi_agent = _check_env(config.env, config.run.eval_tasks)
+    if multi_agent and isinstance(config, RLConfig) and config.algo.objective == "step_dpo":
+        raise ConfigError("algo.objective=step_dpo searches env snapshots: it needs a single-agent env")
+    if not multi_agent:
+        _check_agent(config.agent, config.env.id)
+    return config
 
 
 def dump_yaml(config: Any) -> str:
@@ -352,5 +547,5 @@ def describe(cls: type, prefix: str = "") -> str:
 __all__ = [
     "AgentConfig", "AlgoConfig", "ConfigError", "EnvConfig", "ModelConfig", "OptimConfig", "RLConfig",
     "RolloutConfig", "RunConfig", "SFTConfig", "SFTData", "apply_overrides", "build", "describe", "dump_yaml",
-    "load_config", "parse_value", "to_dict",
+    "load_config", "parse_value", "to_dict", "validate_config",
 ]

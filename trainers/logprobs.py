@@ -293,3 +293,22 @@ def compare_logprobs(engine_logprobs: Any, trainer_logprobs: Any, mask: Any) -> 
     diff = (trainer - engine)[m]
     return {"max_abs_diff": float(diff.abs().max()), "mean_abs_diff": float(diff.abs().mean()),
             "max_ratio": float((diff.exp() - 1).abs().max()), "num_tokens": n}
+
+
+def final_hidden_states(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                        position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's last-layer hidden states ``[B, T, H]`` (after the final norm, what the head reads).
+
+    Features for learned critics and progress estimators (SPA); gradients flow if enabled.
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if position_ids is None:
+        position_ids = _position_ids(attention_mask)
+    decoder = _decoder(model)
+    if decoder is not None:
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                output_hidden_states=True)
+    return out.hidden_states[-1]

@@ -84,7 +84,8 @@ import numpy as np
 from turngym.agents.runner import EpisodeRunner, derive_seed, plan_episodes
 from turngym.agents.types import Trajectory
 from turngym.errors import TurngymError
-from turngym.trainers.config import RLConfig, dump_yaml, to_dict
+from turngym.trainers.credit_inputs import SPAProgressState
+from turngym.trainers.config import RLConfig, dump_yaml, to_dict, validate_config
 from turngym.trainers.runlog import (
     MetricsLog,
     latest_checkpoint,
@@ -93,8 +94,6 @@ from turngym.trainers.runlog import (
     save_checkpoint,
     set_rng_state,
 )
-
-OBJECTIVES = ("ppo", "tb", "step_dpo")
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -172,6 +171,8 @@ class RLTrainer:
                                            weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.entropy_history: list[list[float]] = []  # EPO: per iteration, mean entropy per turn index
+        self.spa_state = SPAProgressState()  # SPA's learned progress estimator: its replay of recent steps
+        self.credit_metrics: dict[str, float] = {}
         self.iteration_done = 0
         self.weights_version = 0
         self._current_trajs: list[Trajectory] = []
@@ -193,33 +194,8 @@ class RLTrainer:
     # ---- setup ------------------------------------------------------------------------------------------
 
     def _validate(self) -> None:
-        from turngym.credit import ESTIMATORS
-        from turngym.kernels.policy_loss import KL_ESTIMATORS, LOSS_AGG_MODES
-        from turngym.trainers.config import ConfigError
-
-        a, cfg = self.cfg.algo, self.cfg
-        if a.objective == "step_dpo" and _is_multi_agent(cfg.env.id):
-            raise ConfigError("algo.objective=step_dpo searches env snapshots: it needs a single-agent env")
-        if a.estimator not in ESTIMATORS and a.objective == "ppo":
-            raise ConfigError(f"algo.estimator={a.estimator!r} is not a credit estimator; known: {', '.join(ESTIMATORS)}")
-        if a.objective not in OBJECTIVES:
-            raise ConfigError(f"algo.objective={a.objective!r}: use one of {', '.join(OBJECTIVES)}")
-        if a.loss_agg_mode not in LOSS_AGG_MODES:
-            raise ConfigError(f"algo.loss_agg_mode={a.loss_agg_mode!r}: use one of {', '.join(LOSS_AGG_MODES)}")
-        if a.kl_estimator not in KL_ESTIMATORS:
-            raise ConfigError(f"algo.kl_estimator={a.kl_estimator!r}: use one of {', '.join(KL_ESTIMATORS)}")
-        if a.old_logprobs not in ("recompute", "engine"):
-            raise ConfigError(f"algo.old_logprobs={a.old_logprobs!r}: use 'recompute' or 'engine'")
-        if a.seq_unit not in ("sample", "step"):
-            raise ConfigError(f"algo.seq_unit={a.seq_unit!r}: use 'sample' or 'step'")
-        if a.epo_smooth_coef and not a.entropy_coef:
-            raise ConfigError("algo.epo_smooth_coef needs algo.entropy_coef > 0 (EPO scales the smoothing term by it)")
-        if cfg.rollout.group_size < 1 or cfg.rollout.tasks_per_iter < 1:
-            raise ConfigError("rollout.group_size and rollout.tasks_per_iter must be >= 1")
-        if a.ppo_epochs < 1 or a.mini_batches < 1:
-            raise ConfigError("algo.ppo_epochs and algo.mini_batches must be >= 1")
-        if cfg.rollout.engine not in ("hf", "vllm"):
-            raise ConfigError(f"rollout.engine={cfg.rollout.engine!r}: use 'hf' or 'vllm'")
+        # The same checks as load_config's, for configs built in code (tests, notebooks).
+        validate_config(self.cfg)
 
     def _device(self):
         return next(self.model.parameters()).device
@@ -287,6 +263,7 @@ class RLTrainer:
                 "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
                 "log_z": None if self.log_z is None else self.log_z.detach().cpu(),
                 "entropy_history": self.entropy_history, "weights_version": self.weights_version,
+                "spa_progress": self.spa_state.state_dict(),
                 "config": to_dict(self.cfg)}
 
     def save(self) -> Path:
@@ -312,6 +289,7 @@ class RLTrainer:
             with self.torch.no_grad():
                 self.log_z.copy_(state["log_z"].to(self.log_z.device))
         self.entropy_history = [list(x) for x in state.get("entropy_history", [])]
+        self.spa_state.load_state_dict(state.get("spa_progress"))
         self.iteration_done = int(state["iteration"])
         self.weights_version = int(state.get("weights_version", 0))
         print(f"turngym train: resumed from {ckpt} (iteration {self.iteration_done})", flush=True)
@@ -437,6 +415,7 @@ class RLTrainer:
         if train_trajs:
             samples, adv = self._samples(train_trajs)
             record.update(_advantage_metrics(adv))
+            record.update(self.credit_metrics)
             update = self._update(samples, train_trajs, it)
         record["time_credit_update"] = time.perf_counter() - t0
         record.update(update)
@@ -464,47 +443,76 @@ class RLTrainer:
         from turngym.trainers.tokens import build_samples, step_batch, verify_samples
 
         a = self.cfg.algo
+        self.credit_metrics = {}
         if a.objective == "tb":
             adv = np.zeros(sum(t.num_turns for t in trajs))
         else:
-            extras = _estimator_extras(a.estimator, trajs)
-            if a.estimator == "igpo":
-                extras["gold_logprob"] = self._gold_logprobs(trajs)
-            batch = step_batch(trajs, **extras)
-            kwargs = dict(a.estimator_kwargs)
-            if a.estimator == "spa":  # Step.progress is the env's progress AFTER the step: cumulative
-                kwargs.setdefault("progress_is_cumulative", True)
-            adv = compute_advantages(a.estimator, batch, **kwargs)
+            inputs = self._credit_inputs(trajs)
+            batch = step_batch(trajs, **inputs.fields)
+            adv = compute_advantages(a.estimator, batch, **{**dict(a.estimator_kwargs), **inputs.hparams})
+            self.credit_metrics = inputs.metrics
         samples = build_samples(trajs, adv, mode=a.sample_mode, tokenizer=self.tokenizer)
         verify_samples(samples, trajs)
         return samples, np.asarray(adv, dtype=np.float64)
 
-    def _gold_logprobs(self, trajs: list[Trajectory]) -> list[float]:
-        """IGPO: per step, the gold answer's mean token log-prob teacher-forced after the step's prompt."""
-        torch = self.torch
-        from turngym.trainers.tokens import TrainingSample, collate
+    def _credit_inputs(self, trajs: list[Trajectory]):
+        """The StepBatch fields the estimator declares, each from its provider (trainers/credit_inputs.py)."""
+        from turngym.trainers.credit_inputs import CreditSettings, credit_inputs
 
-        template = self.cfg.algo.igpo_answer_template
+        a = self.cfg.algo
+        settings = CreditSettings(igpo_answer_template=a.igpo_answer_template, progress_source=a.progress_source,
+                                  progress_l2=a.progress_l2, progress_hidden=a.progress_hidden,
+                                  progress_buffer=a.progress_buffer, seed=self.cfg.run.seed)
+        return credit_inputs(a.estimator, dict(a.estimator_kwargs), trajs, self, settings, self.spa_state)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` with no special tokens (the ``StepScorer`` protocol)."""
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    def score_steps(self, pairs: list[tuple[list[int], list[int]]], what: str) -> list[Any]:
+        """Per-pair statistics of the current policy, no gradients (the ``StepScorer`` protocol).
+
+        Each pair is (context ids, target ids), scored as one sequence ``context + target``.
+        ``what``: ``"logprob"`` / ``"entropy"``: mean over the target ids of their log-prob / of the
+        entropy of the distribution that predicts them (at the sampling temperature); ``"hidden"``:
+        the final hidden state (float32 numpy vector) at the last target id (last context id if none).
+        """
+        if what not in ("logprob", "entropy", "hidden"):
+            raise ValueError(f"score_steps: what={what!r}; use 'logprob', 'entropy' or 'hidden'")
+        torch = self.torch
+        from turngym.trainers.logprobs import final_hidden_states
+        from turngym.trainers.tokens import TrainingSample, collate, pack_microbatches
+
         samples = []
-        for t in trajs:
-            gold = gold_answer(t)
-            ans = [int(i) for i in self.tokenizer(template.format(answer=gold), add_special_tokens=False)["input_ids"]]
-            for s in t.steps:
-                ids = list(s.prompt_ids or []) + ans
-                mask = [0] * len(s.prompt_ids or []) + [1] * len(ans)
-                samples.append(TrainingSample(input_ids=ids, loss_mask=mask, advantages=None, old_logprobs=None,
-                                              segment_ids=[0 if m else -1 for m in mask], traj_index=0, steps=(0,),
-                                              group_id=""))
-        out = [0.0] * len(samples)
+        for context, target in pairs:
+            mask = [0] * len(context) + [1] * len(target)
+            samples.append(TrainingSample(input_ids=list(context) + list(target), loss_mask=mask, advantages=None,
+                                          old_logprobs=None, segment_ids=[0 if m else -1 for m in mask],
+                                          traj_index=0, steps=(0,), group_id=""))
+        out: list[Any] = [None] * len(samples)
         device = self._device()
-        with torch.no_grad():
-            for micro in self._micro_batches(samples, list(range(len(samples)))):
-                batch = collate(samples, self.pad_id, indices=micro, device=device)
-                logp = self._forward(batch, False)
-                mask = batch.loss_mask > 0
-                means = (logp * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-                for row, i in enumerate(micro):
-                    out[i] = float(means[row])
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for micro in pack_microbatches([len(s) for s in samples], self.cfg.optim.micro_batch_tokens):
+                    batch = collate(samples, self.pad_id, indices=micro, device=device)
+                    if what == "hidden":
+                        hidden = final_hidden_states(self.model, batch.input_ids, batch.attention_mask,
+                                                     position_ids=batch.position_ids)
+                        last = batch.attention_mask.long().sum(-1) - 1
+                        rows = hidden[torch.arange(len(micro), device=hidden.device), last].float().cpu().numpy()
+                        for row, i in enumerate(micro):
+                            out[i] = rows[row]
+                        continue
+                    logp, ent = self._forward(batch, True)
+                    values = logp if what == "logprob" else ent
+                    mask = batch.loss_mask > 0
+                    means = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+                    for row, i in enumerate(micro):
+                        out[i] = float(means[row])
+        finally:
+            self.model.train(was_training)
         return out
 
     # ---- the update ---------------------------------------------------------------------------------------
@@ -962,46 +970,6 @@ def _is_multi_agent(env_id: str) -> bool:
 
     entry = registry().get(env_id)
     return entry is not None and entry.kind == "pettingzoo"
-
-
-def gold_answer(traj: Trajectory) -> str:
-    """The gold answer an env exposes to trainers in its info (``gold_answers`` list or ``gold_answer``)."""
-    for s in traj.steps:
-        info = s.info or {}
-        if info.get("gold_answers"):
-            return str(next(iter(info["gold_answers"])))
-        if info.get("gold_answer"):
-            return str(info["gold_answer"])
-    raise TurngymError(f"estimator 'igpo' needs the gold answer, but env {traj.env_id!r} puts neither "
-                       "'gold_answers' nor 'gold_answer' in its step info (IGPO is for QA envs such as turngym/Search-v0)")
-
-
-def _estimator_extras(estimator: str, trajs: list[Trajectory]) -> dict[str, Any]:
-    """StepBatch fields some estimators need beyond rewards (taken from the trajectories)."""
-    extras: dict[str, Any] = {}
-    if estimator == "gae":
-        raise TurngymError("estimator 'gae' needs a critic's values; the RL trainer has no critic yet: use grpo, "
-                           "gigpo, rloo, reinforce_pp, dr_grpo, spa (env progress), igpo, stratified_grpo or empg")
-    if estimator == "spa":
-        progress = [s.progress for t in trajs for s in t.steps]
-        if any(p is None for p in progress):
-            raise TurngymError(f"estimator 'spa' needs per-step progress, but env {trajs[0].env_id!r} reports none")
-        extras["progress"] = [float(p) for p in progress]
-    if estimator == "stratified_grpo":
-        # The stratum is the trajectory's number of tool calls (search calls where the env reports them).
-        counts = []
-        for t in trajs:
-            n = t.steps[-1].info.get("num_search_calls", t.num_turns) if t.steps else 0
-            counts += [n] * t.num_turns
-        extras["num_tool_calls"] = counts
-    if estimator == "empg":
-        ent = []
-        for t in trajs:
-            for s in t.steps:
-                lps = s.response_logprobs or [0.0]
-                ent.append(-float(np.mean(lps)))  # mean NLL of the sampled tokens: the step's confidence proxy
-        extras["entropy"] = ent
-    return extras
 
 
 def _rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:

@@ -72,7 +72,7 @@ class SearchEnv(TextEnv):
     fraction of the task's gold supporting passages retrieved so far; 1.0
     when won; never shown to the agent), and for trainers: ``em``, ``f1``
     (SQuAD token F1), ``sub_em`` (a gold answer inside the answer), all 0.0
-    until the answer; ``num_searches`` (Stratified GRPO's strata);
+    until the answer; ``num_tool_calls`` (Stratified GRPO's strata);
     ``gold_answers`` (for IGPO's information gain; never shown to the agent);
     ``answer`` (the normalized answer or None); ``question_type``.
 
@@ -310,7 +310,7 @@ class SearchEnv(TextEnv):
     def _info(self, action_valid: bool) -> dict[str, Any]:
         info = super()._info(action_valid)
         info.update(self.answer_scores())
-        info["num_searches"] = len(self._queries)
+        info["num_tool_calls"] = len(self._queries)
         info["gold_answers"] = list(self.task["answers"])
         info["answer"] = self._answer
         info["question_type"] = self.task.get("type", "custom")

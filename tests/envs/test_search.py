@@ -156,7 +156,7 @@ def test_first_observation_is_search_r1s_prompt_without_the_answer(env):
     assert obs == f"{protocol.INSTRUCTION}\n\nQuestion: {task['question']}"
     assert "<search> query </search>" in obs and "<answer> Beijing </answer>" in obs
     assert info["gold_answers"] == task["answers"] and all(a not in obs for a in task["answers"])
-    assert info["num_searches"] == 0 and info["answer"] is None and info["em"] == 0.0
+    assert info["num_tool_calls"] == 0 and info["answer"] is None and info["em"] == 0.0
     assert info["progress"] == 0.0 and info["won"] is False
 
 
@@ -179,14 +179,14 @@ def test_search_returns_topk_docs_and_answer_scores_em(env):
                                           "</search> trailing text is cut")
     assert obs.startswith("\n\n<information>Doc 1(Title: ") and obs.endswith("</information>\n\n")
     assert re.findall(r"Doc (\d)\(Title: ", obs) == ["1", "2", "3"]
-    assert (reward, term, info["action_valid"], info["num_searches"]) == (0.0, False, True, 1)
+    assert (reward, term, info["action_valid"], info["num_tool_calls"]) == (0.0, False, True, 1)
     assert info["progress"] == 0.5  # one of the two supporting passages
     env.step(f"<search>{task['oracle_queries'][1]}</search>")
     assert env.unwrapped.progress() == 1.0
     gold = task["answers"][0]
     obs, reward, term, _, info = env.step(f"<think>So it is {gold}.</think><answer> The {gold.upper()}. </answer>")
     assert (obs, reward, term, info["won"], info["em"], info["f1"], info["sub_em"]) == ("", 1.0, True, True, 1.0, 1.0, 1.0)
-    assert info["answer"] == metrics.normalize_answer(gold) and info["num_searches"] == 2
+    assert info["answer"] == metrics.normalize_answer(gold) and info["num_tool_calls"] == 2
 
 
 def test_wrong_answer_reports_f1_and_sub_em(env):
@@ -204,7 +204,7 @@ def test_max_turns_ends_the_episode_on_the_next_search():
         assert env.step(f"<search>{q}</search>")[2] is False
     obs, reward, term, _, info = env.step("<search>third</search>")
     assert obs == "\n\n<information></information>\n\n" and term and reward == 0.0 and not info["won"]
-    assert info["num_searches"] == 2
+    assert info["num_tool_calls"] == 2
 
 
 def test_topk_and_max_obs_chars():
@@ -243,7 +243,7 @@ def test_oracle_wins_every_synthetic_task_tried(split):
             if term or trunc:
                 break
         assert info["won"] and reward == 1.0 and info["progress"] == 1.0
-        searched += info["num_searches"]
+        searched += info["num_tool_calls"]
         found += len(base.task["supporting"]) if base.retrieved_ids() >= set(base.task["supporting"]) else 0
     # The oracle's queries retrieve every supporting passage (the SFT data shows real evidence).
     assert found == searched
