@@ -57,3 +57,26 @@ def test_install_into_a_fresh_venv(tmp_path, editable):
     if not editable:
         assert (installed_at / "envs" / "game24" / "data" / "24.csv").exists()
         assert (installed_at / "envs" / "blocksworld" / "data" / "step_6.json").exists()
+
+
+def test_the_lock_satisfies_every_declared_range():
+    """constraints-lock.txt (what CI and the quick start install) lies inside pyproject's ranges."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"]) + [r for reqs in project["optional-dependencies"].values() for r in reqs]
+    lock = {}
+    for line in (ROOT / "constraints-lock.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            lock[canonicalize_name(name)] = Version(version)
+    assert canonicalize_name("torch") in lock and canonicalize_name("transformers") in lock
+    for text in declared:
+        req = Requirement(text)
+        if req.name == "turngym" or canonicalize_name(req.name) not in lock:
+            continue  # self-references between extras; extras the lock does not cover (vllm: its own venv)
+        version = lock[canonicalize_name(req.name)]
+        assert req.specifier.contains(version, prereleases=True), f"lock has {req.name}=={version}, pyproject {text}"
