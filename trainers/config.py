@@ -464,6 +464,7 @@ def _check_estimator(a: AlgoConfig) -> None:
 
 def _check_algo(a: AlgoConfig) -> None:
     from turngym.kernels.policy_loss import KL_ESTIMATORS, LOSS_AGG_MODES
+    from turngym.trainers.credit_inputs import PROGRESS_SOURCES
     from turngym.trainers.tokens import SAMPLE_MODES
 
     _choice("algo.objective", a.objective, OBJECTIVES)
@@ -474,6 +475,8 @@ def _check_algo(a: AlgoConfig) -> None:
     _choice("algo.kl_estimator", a.kl_estimator, KL_ESTIMATORS)
     _choice("algo.old_logprobs", a.old_logprobs, OLD_LOGPROBS)
     _choice("algo.seq_unit", a.seq_unit, SEQ_UNITS)
+    _choice("algo.progress_source", a.progress_source, PROGRESS_SOURCES)
+    _at_least("algo.progress_buffer", a.progress_buffer, 1)
     if a.epo_smooth_coef and not a.entropy_coef:
         raise ConfigError("algo.epo_smooth_coef needs algo.entropy_coef > 0 (EPO scales the smoothing term by it)")
     _at_least("algo.ppo_epochs", a.ppo_epochs, 1)
