@@ -17,7 +17,8 @@ import argparse
 import json
 import sys
 import textwrap
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import turngym
 from turngym.errors import TurngymError
@@ -175,6 +176,7 @@ _PLUGINS: dict[str, tuple[str, str]] = {
     "serve-retriever": ("turngym.envs.search.server", "serve a Search env retriever over a Search-R1-compatible HTTP API"),
     "train": ("turngym.trainers.cli:Train", "train an LLM agent with multi-turn RL from a YAML recipe"),
     "sft": ("turngym.trainers.cli:SFT", "supervised warm start on oracle or recorded trajectories"),
+    "eval": ("turngym.trainers.cli:Eval", "evaluate a training run's checkpoint as the trainer does"),
     "plot": ("turngym.trainers.cli:Plot", "draw a run's learning curves to PNG"),
 }
 

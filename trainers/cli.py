@@ -1,7 +1,8 @@
-"""``turngym train``, ``turngym sft`` and ``turngym plot`` (command-line plugins of :mod:`turngym.cli`).
+"""``turngym train``, ``sft``, ``eval`` and ``plot`` (command-line plugins of :mod:`turngym.cli`).
 
     turngym train configs/grpo_blocksworld.yaml [KEY=VALUE ...] [--resume] [--help-config]
     turngym sft configs/sft_blocksworld.yaml [KEY=VALUE ...]
+    turngym eval RUN_DIR [--checkpoint PATH] [--split test] [--tasks 100] [KEY=VALUE ...] [--out eval.json]
     turngym plot RUN_DIR [--out curves.png]
 
 Heavy imports (torch, transformers) happen inside ``run``, so building the
@@ -81,6 +82,61 @@ class SFT:
         result = SFTTrainer(config).train()
         print(json.dumps(result, indent=2))
         print(f"start RL from it: turngym train RECIPE model.path={result['checkpoint']}")
+        return 0
+
+
+class Eval:
+    """Evaluate a training run's checkpoint exactly as the trainer's own evaluation does.
+
+    The run's saved config.yaml gives the env, agent, prompt options, eval split and sampling
+    (greedy by default); the checkpoint (default: the newest in RUN_DIR) gives the weights. Prints
+    the eval record (success with its 95% Wilson interval, reward, turns); nothing in RUN_DIR changes.
+    For other agents, models or several envs use `turngym bench`.
+    """
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("run_dir", help="a run directory of `turngym train` (holds config.yaml and checkpoints)")
+        parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                            help="config overrides, e.g. run.eval_temperature=0.7 env.eval_split=test")
+        parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the newest in RUN_DIR)")
+        parser.add_argument("--split", default=None, help="task split (default: the run's env.eval_split)")
+        parser.add_argument("--tasks", type=int, default=None, help="number of tasks (default: the run's run.eval_tasks)")
+        parser.add_argument("--out", default=None, help="also write the record to this JSON file")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        import tempfile
+        from pathlib import Path
+
+        from turngym.errors import TurngymError
+        from turngym.trainers.config import RLConfig, load_config
+        from turngym.trainers.runlog import latest_checkpoint, write_atomic
+
+        run_dir = Path(args.run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise TurngymError(f"{run_dir} has no config.yaml: give the run directory of a `turngym train` run")
+        checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(run_dir)
+        if checkpoint is None or not checkpoint.is_dir():
+            raise TurngymError(f"no checkpoint to evaluate in {run_dir} (give one with --checkpoint RUN_DIR/checkpoint-N)")
+        if args.tasks is not None and args.tasks < 1:
+            raise TurngymError(f"--tasks {args.tasks}: needs at least 1 task")
+        from turngym.trainers.rl import RLTrainer
+
+        with tempfile.TemporaryDirectory(prefix="turngym-eval-") as scratch:
+            config = load_config(RLConfig, run_dir / "config.yaml", [
+                f"model.path={checkpoint}", "model.lora=false", f"run.dir={scratch}", "run.tensorboard=false",
+                "run.progress=false", *args.overrides])
+            trainer = RLTrainer(config)
+            try:
+                record = trainer.evaluate(args.split, args.tasks)
+            finally:
+                trainer.log.close()
+        record = {"checkpoint": str(checkpoint), **{k: v for k, v in record.items() if k != "iteration"}}
+        text = json.dumps(record, indent=2)
+        if args.out:
+            write_atomic(Path(args.out), text + "\n")
+        print(text)
         return 0
 
 

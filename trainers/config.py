@@ -450,7 +450,7 @@ def _check_estimator(a: AlgoConfig) -> None:
         raise ConfigError(f"algo.estimator={a.estimator!r}: {exc.args[0]}") from None
     if a.estimator == "gae":
         raise ConfigError("algo.estimator='gae' needs a critic's values; the RL trainer has no critic yet: use grpo, "
-                          "gigpo, rloo, reinforce_pp, dr_grpo, spa (env progress), igpo, stratified_grpo or empg")
+                          "gigpo, rloo, reinforce_pp, dr_grpo, spa, igpo, stratified_grpo or empg")
     for key, value in a.estimator_kwargs.items():
         try:
             check_estimator(a.estimator, {key: value})

@@ -84,8 +84,8 @@ import numpy as np
 from turngym.agents.runner import EpisodeRunner, derive_seed, plan_episodes
 from turngym.agents.types import Trajectory
 from turngym.errors import TurngymError
-from turngym.trainers.credit_inputs import SPAProgressState
 from turngym.trainers.config import RLConfig, dump_yaml, to_dict, validate_config
+from turngym.trainers.credit_inputs import SPAProgressState
 from turngym.trainers.runlog import (
     MetricsLog,
     latest_checkpoint,

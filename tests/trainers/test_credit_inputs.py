@@ -196,3 +196,22 @@ def test_gae_without_a_critic_is_refused_with_alternatives(corridor, word_tok, t
     trajs, _ = trainer.rollout(0)
     with pytest.raises(TurngymError, match="no critic"):  # and in the provider mechanism itself
         credit_inputs("gae", {}, trajs, trainer, CreditSettings())
+
+
+def test_turngym_eval_scores_a_runs_checkpoint_as_the_trainer_does(corridor, word_tok, tmp_path):
+    """`turngym eval RUN_DIR` (DESIGN's eval subcommand) reloads the run's config and newest checkpoint."""
+    import json
+
+    from turngym.cli import main
+
+    run_dir = tmp_path / "run"
+    trainer = _trainer(corridor, word_tok, run_dir, "run.iterations=1", "run.save_every=1")
+    trainer.train()
+    before = (run_dir / "metrics.jsonl").read_text()
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run_dir), "--tasks", "5", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["episodes"] == 5 and 0.0 <= record["success_rate"] <= 1.0
+    assert record["checkpoint"].endswith("checkpoint-1") and record["ci_low"] <= record["ci_high"]
+    assert (run_dir / "metrics.jsonl").read_text() == before  # the run itself is untouched
+    assert main(["eval", str(tmp_path / "nowhere")]) == 2
