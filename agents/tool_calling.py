@@ -17,13 +17,14 @@ Qwen were trained on::
 
 Env observations come back as ``{"role": "tool", "content": ...}`` messages.
 
-Parsing accepts ``<tool_call>{...}</tool_call>`` (also a JSON list inside,
+Parsing is :func:`turngym.agents.hermes.find_tool_calls`, the reader ``turngym
+serve`` uses too: ``<tool_call>{...}</tool_call>`` (also a JSON list inside,
 or an unclosed tag), a bare JSON object with a ``name``, the OpenAI shape
 ``{"function": {"name", "arguments": "<json string>"}}``, and ``parameters``
 for ``arguments``. No readable call, an unknown tool or missing arguments is
 a format failure: the raw reply goes to the env, which answers with feedback.
 
-This module depends on :mod:`turngym.agents` (react, exemplars, types).
+This module depends on :mod:`turngym.agents` (react, exemplars, hermes, types).
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from turngym.agents.exemplars import env_family
+from turngym.agents.hermes import find_tool_calls, format_call
 from turngym.agents.react import MAX_ACTION_CHARS, ReActAgent, raw_action
-
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -129,53 +129,6 @@ def action_to_call(family: str, action: str) -> dict[str, Any]:
             if m:
                 return {"name": name, "arguments": dict(zip(keys, m.groups()))}
     return {"name": "act", "arguments": {"action": action}}
-
-
-def find_tool_calls(text: str) -> list[dict[str, Any]]:
-    """Every tool call readable in a reply, in order (see the module docstring for the shapes)."""
-    blobs = [m.group(1) for m in _TOOL_CALL.finditer(text)] or [text]
-    calls: list[dict[str, Any]] = []
-    decoder = json.JSONDecoder()
-    for blob in blobs:
-        i = 0
-        while i < len(blob):
-            start = min((j for j in (blob.find("{", i), blob.find("[", i)) if j >= 0), default=-1)
-            if start < 0:
-                break
-            try:
-                value, end = decoder.raw_decode(blob, start)
-            except json.JSONDecodeError:
-                i = start + 1
-                continue
-            for item in value if isinstance(value, list) else [value]:
-                call = _normalize_call(item)
-                if call is not None:
-                    calls.append(call)
-            i = end
-    return calls
-
-
-def _normalize_call(item: Any) -> dict[str, Any] | None:
-    if not isinstance(item, dict):
-        return None
-    if isinstance(item.get("function"), dict):
-        item = item["function"]
-    name = item.get("name")
-    if not isinstance(name, str):
-        return None
-    args = item.get("arguments", item.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
-            return None
-    if not isinstance(args, dict):
-        return None
-    return {"name": name, "arguments": args}
-
-
-def format_call(call: dict[str, Any]) -> str:
-    return f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
 
 
 class ToolCallingAgent(ReActAgent):

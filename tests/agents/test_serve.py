@@ -16,7 +16,9 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from turngym.agents.engines.base import find_stop, per_prompt_sampling  # noqa: E402
-from turngym.agents.serve import ServerThread, _StreamText, create_app, parse_tool_calls  # noqa: E402
+from turngym.agents.openai_protocol import StreamText as _StreamText  # noqa: E402
+from turngym.agents.openai_protocol import parse_tool_calls  # noqa: E402
+from turngym.agents.serve import ServerThread, create_app  # noqa: E402
 
 
 class EchoEngine:
@@ -228,6 +230,17 @@ def test_parse_tool_calls_skips_malformed_ones():
     text = '<tool_call>{"name": "a", "arguments": {"x": 1}}</tool_call> <tool_call>{oops}</tool_call>'
     calls = parse_tool_calls(text)
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [("a", '{"x": 1}')]
+
+
+def test_the_server_reads_tool_calls_as_the_tool_calling_agent_does_but_only_inside_tags():
+    from turngym.agents.tool_calling import find_tool_calls
+
+    text = 'ok <tool_call>{"function": {"name": "a", "arguments": "{\\"x\\": 1}"}}'  # OpenAI shape, unclosed
+    names = [c["function"]["name"] for c in parse_tool_calls(text)]
+    assert names == [c["name"] for c in find_tool_calls(text)] == ["a"]
+    assert json.loads(parse_tool_calls(text)[0]["function"]["arguments"]) == {"x": 1}
+    bare = '{"name": "a", "arguments": {}}'  # a plain answer that holds JSON stays text
+    assert parse_tool_calls(bare) == [] and find_tool_calls(bare) == [{"name": "a", "arguments": {}}]
 
 
 def test_streaming_completion_matches_the_plain_answer(echo):
