@@ -120,6 +120,10 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from turngym.cli import main
+    import argparse
 
-    sys.exit(main(["bench", "--env", "werewolf", *sys.argv[1:]]))
+    from turngym.benchmarks import bench
+
+    _parser = argparse.ArgumentParser(prog="python -m turngym.benchmarks.werewolf_bench")
+    bench.add_arguments(_parser)
+    sys.exit(bench.run(_parser.parse_args(["--env", "werewolf", *sys.argv[1:]])))
