@@ -1,4 +1,4 @@
-"""Tiny models for tests: a byte-level BPE tokenizer trained in a second and a random Llama.
+"""Test helpers: a byte-level BPE tokenizer trained in a second, a random Llama, teacher-forced log-probs.
 
 Tests of engines and trainers need a real tokenizer and a real transformers
 model, not SmolLM2 (slow to build, slow to run). These build both from
@@ -8,6 +8,10 @@ author's) can exercise token-exact code paths in milliseconds::
     tok = tiny_bpe_tokenizer(["Thought: x. Action: y"], vocab_size=300)
     model = tiny_llama(tok, hidden=32, seed=0)
     engine = HFEngine((model, tok), eos_token_ids=[])
+
+:func:`teacher_forced_logprobs` is the reference an engine's
+``Completion.logprobs`` are checked against (one full forward pass, then the
+kernels' reference math, ``turngym.kernels.reference_logprobs_from_logits``).
 
 Needs the ``hf`` extra (torch, transformers, tokenizers); imported lazily.
 """
@@ -66,4 +70,27 @@ def tiny_llama(tokenizer: Any, *, hidden: int = 64, intermediate: int | None = N
     return model.eval() if eval_mode else model
 
 
-__all__ = ["CHATML_TEMPLATE", "CHATML_TOOLS_TEMPLATE", "tiny_bpe_tokenizer", "tiny_llama"]
+def teacher_forced_logprobs(model: Any, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> list[float]:
+    """Log-probs (temperature 1) of ``completion_ids`` given ``prompt_ids`` from ONE full forward pass.
+
+    The reference an engine's ``Completion.logprobs`` must match, and what a
+    trainer recomputes: ``log_softmax(model(prompt + completion).logits)`` at
+    the positions that predict each completion token (the model in eval mode,
+    no cache, no padding).
+    """
+    import torch
+
+    from turngym.agents.engines.hf import eval_mode
+    from turngym.kernels.logprob import reference_logprobs_from_logits
+
+    ids = list(prompt_ids) + list(completion_ids)
+    device = next(model.parameters()).device
+    with torch.no_grad(), eval_mode(model):
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0].float()
+    target = torch.tensor(list(completion_ids), device=device)
+    logprobs, _, _ = reference_logprobs_from_logits(logits[len(prompt_ids) - 1:-1], target, with_entropy=False,
+                                                    with_lse=False)
+    return logprobs.tolist()
+
+
+__all__ = ["CHATML_TEMPLATE", "CHATML_TOOLS_TEMPLATE", "teacher_forced_logprobs", "tiny_bpe_tokenizer", "tiny_llama"]

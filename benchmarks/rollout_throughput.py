@@ -288,7 +288,7 @@ def measure_decode(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import DynamicCache
 
-    from turngym.agents.engines.hf import _new_cache
+    from turngym.agents.engines.kv_layers import new_cache
 
     model = getattr(engine, "model", None)
     if model is None:
@@ -301,7 +301,7 @@ def measure_decode(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
         times: dict[str, list[float]] = {"dynamic": [], "buffer": []}
         for _ in range(2):
             for kind in times:
-                cache = DynamicCache(config=model.config) if kind == "dynamic" else _new_cache(
+                cache = DynamicCache(config=model.config) if kind == "dynamic" else new_cache(
                     model, reserve=args.decode_steps + 1)
                 mask = torch.ones(batch, args.context, dtype=torch.long)
                 with torch.no_grad():

@@ -21,7 +21,13 @@ This package depends on nothing of ours except ``turngym.errors``.
 
 from __future__ import annotations
 
-from turngym.kernels.logprob import IGNORE_INDEX, fused_logprobs, fused_token_loss, reference_logprobs
+from turngym.kernels.logprob import (
+    IGNORE_INDEX,
+    fused_logprobs,
+    fused_token_loss,
+    reference_logprobs,
+    reference_logprobs_from_logits,
+)
 from turngym.kernels.policy_loss import (
     KL_ESTIMATORS,
     LOSS_AGG_MODES,
@@ -44,4 +50,5 @@ __all__ = [
     "policy_loss_from_logprobs",
     "ppo_clip_token_loss",
     "reference_logprobs",
+    "reference_logprobs_from_logits",
 ]

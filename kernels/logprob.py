@@ -38,7 +38,9 @@ each chunk's gradient during the forward pass, three matmuls in all.
 Three implementations behind ``impl``:
 
 * ``"reference"`` -- the plain way (logits -> log_softmax -> gather, entropy
-  from the full softmax), autograd does the backward. Ground truth for tests.
+  from the full softmax), autograd does the backward. Ground truth for tests;
+  its math on logits already computed (:func:`reference_logprobs_from_logits`)
+  is the one log-prob reference the rest of turngym calls.
 * ``"chunked"`` -- the tiles in plain torch ops; runs on every device; the CPU
   default.
 * ``"triton"`` -- the same tiles; the matmuls stay in torch (cuBLAS), the
@@ -136,16 +138,31 @@ def fused_logprobs(
 
 def reference_logprobs(hidden, weight, targets, bias=None, temperature=1.0, ignore_index=IGNORE_INDEX):
     """The plain way, for ``[T, H]`` hidden states: full logits, log_softmax, gather; autograd backward."""
-    logits = F.linear(hidden, weight, bias)
-    logits = logits.to(_compute_dtype(hidden.dtype))
+    return reference_logprobs_from_logits(F.linear(hidden, weight, bias), targets, temperature, ignore_index)
+
+
+def reference_logprobs_from_logits(logits, targets, temperature=1.0, ignore_index=IGNORE_INDEX, *,
+                                   with_entropy=True, with_lse=True):
+    """The reference math on logits already computed, ``[..., V]``: the one log-prob reference of turngym.
+
+    ``log_softmax(logits / temperature)`` gathered at ``targets`` (0 where a
+    target is ``ignore_index``), the entropy of each distribution and its
+    log-sum-exp, in fp32 (fp64 for fp64 logits); autograd backward. For
+    logits that are not ``head(hidden)`` (a model's own forward pass, logit
+    soft-capping): the trainer's reference and chunked paths
+    (``turngym.trainers.logprobs``) and the tests' teacher-forced log-probs
+    (``turngym.testing``) call it. Returns ``(logprobs, entropy, lse)``, each
+    ``targets.shape``; ``entropy`` / ``lse`` are None when not asked for.
+    """
+    logits = logits.to(_compute_dtype(logits.dtype))
     if temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
     valid = targets != ignore_index
     picked = logp_all.gather(-1, torch.where(valid, targets, 0).unsqueeze(-1)).squeeze(-1)
     logprobs = torch.where(valid, picked, torch.zeros_like(picked))
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    lse = torch.logsumexp(logits, dim=-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    lse = torch.logsumexp(logits, dim=-1) if with_lse else None
     return logprobs, entropy, lse
 
 

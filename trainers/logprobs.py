@@ -8,14 +8,16 @@ states and applies the output head only at the positions asked for, through
 1. ``turngym.kernels.fused_logprobs`` when that module is importable and the
    head is a plain ``nn.Linear`` (the fused op of the kernels package);
 2. otherwise a chunked plain-torch path: ``chunk_size`` tokens at a time,
-   each chunk's logits, log-softmax and entropy computed and dropped; under
+   each chunk's logits, log-softmax and entropy computed (by the kernels'
+   reference math, ``reference_logprobs_from_logits``) and dropped; under
    autograd every chunk is checkpointed (recomputed in backward), so at
    most one chunk of ``[tokens x vocab]`` exists at any time, forward or
    backward;
-3. :func:`reference_sequence_logprobs` (the model's full logits, then
-   log-softmax and gather): the ground truth for tests, and the path for
-   models whose logits are not ``head(hidden)`` (final logit soft-capping,
-   logit scaling) or whose decoder cannot be found.
+3. :func:`reference_sequence_logprobs` (the model's full logits, then the
+   kernels' reference math: log-softmax and gather): the ground truth for
+   tests, and the path for models whose logits are not ``head(hidden)``
+   (final logit soft-capping, logit scaling) or whose decoder cannot be
+   found.
 
 Alignment. Outputs are ``[B, T]`` aligned with ``input_ids``:
 ``logprobs[b, t] = log p(input_ids[b, t] | input_ids[b, :t])`` (the
@@ -29,7 +31,7 @@ Temperature: log-probs of ``softmax(logits / temperature)``. The engines
 report log-probs at temperature 1 (the policy's own), so compare with
 ``temperature=1`` (the default).
 
-Depends on torch only (``turngym.kernels`` optionally, at call time).
+Depends on torch and ``turngym.kernels`` (the fused op and the one log-prob reference).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import inspect
 from typing import Any
 
 import torch
+
+from turngym.kernels.logprob import reference_logprobs_from_logits
 
 #: Default number of logit elements (tokens x vocab) per chunk: 16M floats = 64 MiB in fp32.
 CHUNK_ELEMENTS = 1 << 24
@@ -203,16 +207,9 @@ def _kernel_logprobs(hidden, head, targets, temperature, with_entropy):
 
 
 def _chunk_math(h: torch.Tensor, head: Any, t: torch.Tensor, temperature: float, with_entropy: bool):
-    logits = head(h).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    lse = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, t[:, None])[:, 0] - lse
-    if not with_entropy:
-        return logp
-    probs = torch.softmax(logits, dim=-1)
-    entropy = lse - (probs * logits).sum(-1)
-    return logp, entropy
+    logp, entropy, _ = reference_logprobs_from_logits(head(h).float(), t, temperature, with_entropy=with_entropy,
+                                                      with_lse=False)
+    return (logp, entropy) if with_entropy else logp
 
 
 def chunked_token_logprobs(hidden: torch.Tensor, head: Any, targets: torch.Tensor, *, temperature: float = 1.0,
@@ -258,16 +255,17 @@ def reference_sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_m
     if position_ids is None:
         position_ids = _position_ids(attention_mask)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False).logits.float() / temperature
-    logp_all = torch.log_softmax(logits[:, :-1], dim=-1)
+                   use_cache=False).logits.float()
+    picked, picked_entropy, _ = reference_logprobs_from_logits(logits[:, :-1], input_ids[:, 1:], temperature,
+                                                               with_entropy=with_entropy, with_lse=False)
     logp = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    logp[:, 1:] = logp_all.gather(-1, input_ids[:, 1:, None])[..., 0]
+    logp[:, 1:] = picked
     want = _targets_mask(input_ids, attention_mask, loss_mask)
     logp = logp * want
     if not with_entropy:
         return logp
     entropy = torch.zeros_like(logp)
-    entropy[:, 1:] = -(logp_all.exp() * logp_all).sum(-1)
+    entropy[:, 1:] = picked_entropy
     return logp, entropy * want
 
 

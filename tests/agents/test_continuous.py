@@ -17,11 +17,12 @@ import pytest
 
 from turngym.agents.base import make_agent
 from turngym.agents.engines import ScriptedEngine
-from turngym.agents.engines.hf import HFEngine, teacher_forced_logprobs
+from turngym.agents.engines.hf import HFEngine
 from turngym.agents.pool import make_env
 from turngym.agents.runner import EpisodeRunner, plan_episodes
 from turngym.agents.types import SamplingParams
 from turngym.errors import TurngymError
+from turngym.testing import teacher_forced_logprobs
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

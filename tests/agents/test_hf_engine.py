@@ -11,8 +11,9 @@ import os
 import pytest
 
 from turngym.agents.engines import Engine, make_engine
-from turngym.agents.engines.hf import HFEngine, teacher_forced_logprobs  # imports torch lazily
+from turngym.agents.engines.hf import HFEngine  # imports torch lazily
 from turngym.agents.types import SamplingParams
+from turngym.testing import teacher_forced_logprobs
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from turngym.agents.engines.hf import HFEngine, _growing_layer_class, _new_cache, teacher_forced_logprobs
+from turngym.agents.engines.hf import HFEngine
+from turngym.agents.engines.kv_layers import growing_layer_class as _growing_layer_class
+from turngym.agents.engines.kv_layers import new_cache as _new_cache
 from turngym.agents.types import SamplingParams
+from turngym.testing import teacher_forced_logprobs
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

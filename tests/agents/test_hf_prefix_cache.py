@@ -10,8 +10,11 @@ import itertools
 
 import pytest
 
-from turngym.agents.engines.hf import HFEngine, PrefixKVCache, _common_prefix_length, teacher_forced_logprobs
+from turngym.agents.engines.hf import HFEngine
+from turngym.agents.engines.prefix_cache import PrefixKVCache
+from turngym.agents.engines.prefix_cache import common_prefix_length as _common_prefix_length
 from turngym.agents.types import SamplingParams
+from turngym.testing import teacher_forced_logprobs
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

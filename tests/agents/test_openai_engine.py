@@ -278,7 +278,7 @@ def hf_url(tiny_engine):
 
 @pytest.mark.parametrize("mode", ["chat", "completions"])
 def test_hf_through_the_server_equals_the_engine_and_a_teacher_forced_pass(hf_url, tiny_engine, tiny_model, mode):
-    from turngym.agents.engines.hf import teacher_forced_logprobs
+    from turngym.testing import teacher_forced_logprobs
 
     remote = OpenAIEngine(hf_url, mode=mode)
     histories = [[{"role": "user", "content": f"Observation: block b{k} is on the table."}] for k in range(4)]

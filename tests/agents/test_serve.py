@@ -472,7 +472,7 @@ def _max_diff(a, b) -> float:
 
 
 def test_hf_completion_ids_and_logprobs_match_a_teacher_forced_pass(hf_server, tiny_model):
-    from turngym.agents.engines.hf import teacher_forced_logprobs
+    from turngym.testing import teacher_forced_logprobs
 
     engine, _, client = hf_server
     prompt = "Thought: I should combine 4 and 6"
@@ -497,7 +497,7 @@ def test_hf_completion_ids_and_logprobs_match_a_teacher_forced_pass(hf_server, t
 
 
 def test_hf_chat_ids_and_logprobs_match_a_teacher_forced_pass(hf_server, tiny_model):
-    from turngym.agents.engines.hf import teacher_forced_logprobs
+    from turngym.testing import teacher_forced_logprobs
 
     engine, _, client = hf_server
     messages = [{"role": "system", "content": "You solve puzzles."}, {"role": "user", "content": "Observation: b1"}]
@@ -521,7 +521,7 @@ def test_hf_streaming_gives_the_same_tokens_as_a_plain_request(hf_server):
 
 
 def test_hf_concurrent_requests_share_one_batch_and_keep_their_answers(hf_server, tiny_model):
-    from turngym.agents.engines.hf import teacher_forced_logprobs
+    from turngym.testing import teacher_forced_logprobs
     from turngym.agents.types import SamplingParams
 
     engine, server, client = hf_server
@@ -552,7 +552,8 @@ def test_hf_bad_token_ids_get_400(hf_server):
 
 @pytest.mark.slow
 def test_smollm2_through_the_server_matches_a_teacher_forced_pass():
-    from turngym.agents.engines.hf import HFEngine, teacher_forced_logprobs
+    from turngym.agents.engines.hf import HFEngine
+    from turngym.testing import teacher_forced_logprobs
 
     engine = HFEngine("default")
     with ServerThread(create_app(engine)) as server:
