@@ -6,8 +6,8 @@ Each reply is::
     Action: <exactly one env action>
 
 The prompt is a chat rendered with the model's own chat template: a system
-message (the format, then few-shot exemplars of the env replayed from
-:mod:`turngym.agents.exemplars`), the env's first observation (instruction +
+message (the format, then few-shot exemplars from the env's folder, replayed
+by :mod:`turngym.agents.exemplars`), the env's first observation (instruction +
 problem) as the user message, then past turns as assistant / user
 ("Observation: ...") messages, bounded by the context mode of
 :mod:`turngym.agents.context` (default: the last 4 turns, as verl-agent's

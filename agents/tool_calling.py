@@ -1,9 +1,11 @@
 """Tool-calling agent: env actions as JSON tool schemas, env answers as tool messages.
 
-Each env family has a small toolset (:data:`TOOLSETS`; any other env gets
-one generic ``act(action)`` tool). A tool call is turned back into the env's
-action text, e.g. ``{"name": "stack", "arguments": {"block": "red",
-"on_block": "blue"}}`` -> ``stack the red block on top of the blue block``.
+An env's toolset lives with the env, as data: ``tools.json`` in its folder
+(format: :meth:`turngym.envs.core.TextEnv.tool_specs`), found through the env
+id (:func:`toolset_for`; an env without one gets one generic ``act(action)``
+tool). A tool call is turned back into the env's action text, e.g.
+``{"name": "stack", "arguments": {"block": "red", "on_block": "blue"}}`` ->
+``stack the red block on top of the blue block``.
 
 The schemas reach the model through the chat template's ``tools=`` argument
 when the engine's template uses it (checked once in :meth:`bind`: the
@@ -24,110 +26,103 @@ or an unclosed tag), a bare JSON object with a ``name``, the OpenAI shape
 for ``arguments``. No readable call, an unknown tool or missing arguments is
 a format failure: the raw reply goes to the env, which answers with feedback.
 
-This module depends on :mod:`turngym.agents` (react, exemplars, hermes, types).
+This module depends on :mod:`turngym.agents` (react, hermes, types) and :mod:`turngym.envs`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, field
 from typing import Any
 
-from turngym.agents.exemplars import env_family
 from turngym.agents.hermes import find_tool_calls, format_call
 from turngym.agents.react import MAX_ACTION_CHARS, ReActAgent, raw_action
+from turngym.envs import env_tool_specs
+from turngym.errors import TurngymError
 
 
 @dataclass(frozen=True)
 class Tool:
-    """One tool: its JSON schema and how a call becomes env action text."""
+    """One tool, as an env's ``tools.json`` describes it: its JSON schema and how a call becomes env action text."""
 
     name: str
     description: str
     parameters: dict[str, dict[str, Any]]  # argument -> JSON schema
-    to_action: Callable[[dict[str, Any]], str]
+    action: str  # the env action: a str.format template over the arguments
+    clean: dict[str, list[Any]] = field(default_factory=dict)  # argument -> text steps ("strip", "lower", [re, sub])
+    action_pattern: str = ""  # a regex whose named groups read an action back into arguments
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], source: str = "a tool spec") -> Tool:
+        """A tool from one entry of an env's ``tools.json``; raises naming ``source`` and the bad field."""
+        known = {"name", "description", "parameters", "action", "clean", "action_pattern"}
+        name = spec.get("name", "?") if isinstance(spec, dict) else "?"
+        where = f"tool {name!r} of {source}"
+        if not isinstance(spec, dict) or not {"name", "description", "parameters", "action"} <= set(spec):
+            raise TurngymError(f"{where} needs the keys 'name', 'description', 'parameters' and 'action'")
+        if set(spec) - known:
+            raise TurngymError(f"{where} has unknown keys {sorted(set(spec) - known)}; known: {sorted(known)}")
+        tool = cls(spec["name"], spec["description"], dict(spec["parameters"]), spec["action"],
+                   dict(spec.get("clean", {})), spec.get("action_pattern", ""))
+        fields = {f for _, f, _, _ in string.Formatter().parse(tool.action) if f is not None}
+        groups = set(re.compile(tool.action_pattern).groupindex) if tool.action_pattern else set()
+        for what, names in (("action template", fields), ("action_pattern", groups), ("clean", set(tool.clean))):
+            if not names <= set(tool.parameters):
+                raise TurngymError(f"{where}: its {what} names {sorted(names - set(tool.parameters))}, "
+                                   f"which are not among its parameters {sorted(tool.parameters)}")
+        for steps in tool.clean.values():
+            for step in steps:
+                if step not in ("strip", "lower") and not (isinstance(step, list) and len(step) == 2):
+                    raise TurngymError(f"{where}: clean step {step!r} is not 'strip', 'lower' or [regex, replacement]")
+        return tool
 
     def schema(self) -> dict[str, Any]:
         return {"type": "function", "function": {
             "name": self.name, "description": self.description,
             "parameters": {"type": "object", "properties": self.parameters, "required": list(self.parameters)}}}
 
+    def to_action(self, arguments: dict[str, Any]) -> str:
+        """The env action text of a call with these arguments."""
+        values = {key: _clean(arguments[key], self.clean[key]) if key in self.clean else arguments[key]
+                  for key in self.parameters}
+        return self.action.format(**values)
 
-def _block(value: Any) -> str:
-    """'the red block' / 'Red' / 'red block' -> 'red'."""
-    text = str(value).strip().lower()
-    text = re.sub(r"^the\s+", "", text)
-    return re.sub(r"\s+block$", "", text).strip()
-
-
-def _string(description: str) -> dict[str, Any]:
-    return {"type": "string", "description": description}
-
-
-_GENERIC = [Tool("act", "Take one action in the environment.", {"action": _string("the action, as plain text")},
-                 lambda a: str(a["action"]))]
-
-TOOLSETS: dict[str, list[Tool]] = {
-    "Game24": [
-        Tool("combine", "Combine two of the remaining numbers with one operation; the result replaces them.",
-             {"a": _string("a remaining number, e.g. 4 or 8/3"),
-              "op": {"type": "string", "enum": ["+", "-", "*", "/"], "description": "the operation"},
-              "b": _string("another remaining number")},
-             lambda a: f"{a['a']} {a['op']} {a['b']}"),
-        Tool("answer", "Finish with one expression that uses every remaining number exactly once.",
-             {"expression": _string("e.g. (4 + 8) * (6 - 4)")}, lambda a: str(a["expression"])),
-    ],
-    "BlocksWorld": [
-        Tool("pick_up", "Pick up a clear block from the table (your hand must be empty).",
-             {"block": _string("the block's colour, e.g. red")}, lambda a: f"pick up the {_block(a['block'])} block"),
-        Tool("unstack", "Take a clear block off the block it is on (your hand must be empty).",
-             {"block": _string("the block to take"), "from_block": _string("the block it is on")},
-             lambda a: f"unstack the {_block(a['block'])} block from on top of the {_block(a['from_block'])} block"),
-        Tool("put_down", "Put the block you hold down on the table.", {"block": _string("the block you hold")},
-             lambda a: f"put down the {_block(a['block'])} block"),
-        Tool("stack", "Put the block you hold on top of a clear block.",
-             {"block": _string("the block you hold"), "on_block": _string("the clear block to put it on")},
-             lambda a: f"stack the {_block(a['block'])} block on top of the {_block(a['on_block'])} block"),
-    ],
-    "Search": [  # the env's own protocol tags are the actions
-        Tool("search", "Search the corpus; the top passages come back.", {"query": _string("the search query")},
-             lambda a: f"<search> {a['query']} </search>"),
-        Tool("answer", "Give the final answer (a few words, no explanation).", {"answer": _string("the answer")},
-             lambda a: f"<answer> {a['answer']} </answer>"),
-    ],
-}
-
-# Exemplar actions -> tool calls (the exemplars are stored as action text).
-_G24_MOVE = re.compile(r"^\s*(\S+)\s*([-+*/])\s*(\S+)")
-_BW = [
-    (re.compile(r"^pick up the (\w+) block$"), "pick_up", ("block",)),
-    (re.compile(r"^unstack the (\w+) block from on top of the (\w+) block$"), "unstack", ("block", "from_block")),
-    (re.compile(r"^put down the (\w+) block$"), "put_down", ("block",)),
-    (re.compile(r"^stack the (\w+) block on top of the (\w+) block$"), "stack", ("block", "on_block")),
-]
+    def call_for(self, action: str) -> dict[str, Any] | None:
+        """The call of this tool that stands for an action text, if its ``action_pattern`` reads it."""
+        match = re.match(self.action_pattern, action) if self.action_pattern else None
+        return {"name": self.name, "arguments": match.groupdict()} if match else None
 
 
-_SEARCH_ACTION = re.compile(r"^\s*<(search|answer)>(.*?)</\1>\s*$", re.DOTALL)
+def _clean(value: Any, steps: list[Any]) -> str:
+    text = str(value)
+    for step in steps:
+        if step == "strip":
+            text = text.strip()
+        elif step == "lower":
+            text = text.lower()
+        else:
+            text = re.sub(step[0], step[1], text)
+    return text
 
 
-def action_to_call(family: str, action: str) -> dict[str, Any]:
-    """The tool call that stands for an exemplar action."""
-    if family == "Game24":
-        m = _G24_MOVE.match(action)
-        if m:
-            return {"name": "combine", "arguments": {"a": m.group(1), "op": m.group(2), "b": m.group(3)}}
-        return {"name": "answer", "arguments": {"expression": action}}
-    if family == "Search":
-        m = _SEARCH_ACTION.match(action)
-        if m:
-            return {"name": m.group(1), "arguments": {"query" if m.group(1) == "search" else "answer": m.group(2).strip()}}
-    if family == "BlocksWorld":
-        for pattern, name, keys in _BW:
-            m = pattern.match(action)
-            if m:
-                return {"name": name, "arguments": dict(zip(keys, m.groups()))}
+_GENERIC = [Tool("act", "Take one action in the environment.",
+                 {"action": {"type": "string", "description": "the action, as plain text"}}, "{action}")]
+
+
+def toolset_for(env_id: str | None) -> list[Tool]:
+    """The tools of ``env_id``, from its folder's ``tools.json``; the generic ``act`` tool if it has none."""
+    specs = env_tool_specs(env_id)
+    return [Tool.from_spec(spec, f"{env_id}'s tools.json") for spec in specs] or list(_GENERIC)
+
+
+def action_to_call(toolset: list[Tool], action: str) -> dict[str, Any]:
+    """The tool call that stands for an exemplar action (exemplars are stored as action text)."""
+    for tool in toolset:
+        call = tool.call_for(action)
+        if call is not None:
+            return call
     return {"name": "act", "arguments": {"action": action}}
 
 
@@ -139,8 +134,7 @@ class ToolCallingAgent(ReActAgent):
     stop: tuple[str, ...] = ()
 
     def __init__(self, env_id: str | None = None, **options: Any):
-        self.family = env_family(env_id)
-        self.toolset = TOOLSETS.get(self.family, _GENERIC)
+        self.toolset = toolset_for(env_id)
         self._by_name = {tool.name: tool for tool in self.toolset}
         self.schemas = [tool.schema() for tool in self.toolset]
         self.tools_in_template = False
@@ -174,7 +168,7 @@ class ToolCallingAgent(ReActAgent):
         return rules
 
     def render_reply(self, thought: str, action: str) -> str:
-        return f"{thought}\n{format_call(action_to_call(self.family, action))}"
+        return f"{thought}\n{format_call(action_to_call(self.toolset, action))}"
 
     def format_observation(self, observation: str) -> str:
         return observation

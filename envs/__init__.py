@@ -2,8 +2,12 @@
 
 Importing this package registers every turngym env with Gymnasium under the
 ``turngym/`` namespace. A contributor adds an env with one folder under
-``envs/`` (env, tasks, oracle, README) and one :func:`register` call below;
-the registry-parametrized tests then check it with no test boilerplate.
+``envs/`` (env, tasks, oracle, README, and the JSON files agents read:
+``exemplars.json``, ``tools.json``) and one :func:`register` call below; the
+registry-parametrized tests then check it with no test boilerplate (the
+README's "Adding an environment" is the whole checklist). Agents find an
+env's exemplars and tool schemas through its id: :func:`env_exemplars`,
+:func:`env_tool_specs`.
 
 This package depends on nothing else of ours (but ``turngym.errors``).
 """
@@ -11,11 +15,13 @@ This package depends on nothing else of ours (but ``turngym.errors``).
 from __future__ import annotations
 
 import difflib
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 
+from turngym.envs.core import TextEnv
 from turngym.errors import UnknownEnvError
 
 NAMESPACE = "turngym"
@@ -62,14 +68,17 @@ def gymnasium_ids() -> list[str]:
     return [i for i, e in registry().items() if e.kind == "gymnasium"]
 
 
+def _load(entry_point: Any) -> Any:
+    """``"package.module:Name"`` -> the object it names (anything else is returned as it is)."""
+    if isinstance(entry_point, str):
+        module, _, attr = entry_point.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return entry_point
+
+
 def _doc_line(entry_point: Any) -> str:
     try:
-        if isinstance(entry_point, str):
-            mod, _, attr = entry_point.partition(":")
-            import importlib
-
-            entry_point = getattr(importlib.import_module(mod), attr)
-        return (entry_point.__doc__ or "").strip().splitlines()[0]
+        return (_load(entry_point).__doc__ or "").strip().splitlines()[0]
     except Exception:  # a broken third-party env must not break the listing
         return ""
 
@@ -94,11 +103,40 @@ def make(env_id: str, **kwargs: Any) -> Any:
     env_id = check_env_id(env_id)
     entry = registry().get(env_id)
     if entry is not None and entry.kind == "pettingzoo":
-        import importlib
-
-        module, _, attr = _ENTRY_POINTS[env_id].partition(":")
-        return getattr(importlib.import_module(module), attr)(**kwargs)
+        return _load(_ENTRY_POINTS[env_id])(**kwargs)
     return gym.make(env_id, **kwargs)
+
+
+def env_class(env_id: str | None) -> type | None:
+    """The class ``env_id`` builds, found through the registry without building an env.
+
+    None for no id, an unknown id, or an entry point that is not a class (a factory function).
+    ``"module:ns/Name-v0"`` imports the module first, as ``gymnasium.make`` does.
+    """
+    if not env_id:
+        return None
+    if ":" in env_id:
+        module, _, env_id = env_id.partition(":")
+        importlib.import_module(module)
+    try:
+        env_id = check_env_id(env_id)
+    except UnknownEnvError:
+        return None
+    entry_point = _ENTRY_POINTS.get(env_id) or gym.registry[env_id].entry_point
+    found = _load(entry_point)
+    return found if isinstance(found, type) else None
+
+
+def env_exemplars(env_id: str | None) -> list[dict[str, Any]]:
+    """Few-shot exemplars of ``env_id``, from its folder (:meth:`TextEnv.exemplars`); [] if it has none."""
+    cls = env_class(env_id)
+    return cls.exemplars() if cls is not None and issubclass(cls, TextEnv) else []
+
+
+def env_tool_specs(env_id: str | None) -> list[dict[str, Any]]:
+    """The tools of ``env_id``, from its folder (:meth:`TextEnv.tool_specs`); [] if it has none."""
+    cls = env_class(env_id)
+    return cls.tool_specs() if cls is not None and issubclass(cls, TextEnv) else []
 
 
 # ---- the registry ------------------------------------------------------------------------

@@ -22,6 +22,12 @@ verifies it):
   ``oracle_action()``, and where known ``admissible_actions()``,
   ``progress()``, ``illegal_actions()``.
 
+What LLM agents need to know of an env lives with it, as plain JSON in the
+env's own package folder (found from the class, so an env outside turngym
+works the same): ``exemplars.json`` (solved tasks for few-shot prompts) and
+``tools.json`` (its actions as tool-calling schemas); :meth:`TextEnv.exemplars`
+and :meth:`TextEnv.tool_specs` read them, and describe their format.
+
 This module depends on nothing of ours but :mod:`turngym.errors`.
 """
 
@@ -29,7 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -41,6 +49,9 @@ from turngym.errors import TaskError, TurngymError
 REQUIRED_INFO_KEYS = ("task_id", "instruction", "action_valid", "won", "state_key")
 #: Keys an env fills where it knows them.
 OPTIONAL_INFO_KEYS = ("admissible_actions", "progress")
+#: Files in an env's package folder that tell LLM agents about the env (plain JSON; see TextEnv.exemplars/tool_specs).
+EXEMPLARS_FILE = "exemplars.json"
+TOOLS_FILE = "tools.json"
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,22 @@ def parse_task_id(task_id: str) -> tuple[str, int]:
         return split, int(index)
     except ValueError:
         raise TaskError(f"task_id {task_id!r} is malformed: the part after '/' must be an integer index") from None
+
+
+def env_data_file(cls: type, name: str) -> Any:
+    """The JSON file ``name`` from the folder of the module that defines ``cls``, or of its nearest base
+    class that has one (a variant subclass defined elsewhere shares its parent's data); None if none has it."""
+    for klass in cls.__mro__:
+        if klass is TextEnv or not issubclass(klass, TextEnv):
+            continue
+        source = getattr(sys.modules.get(klass.__module__), "__file__", None)
+        path = Path(source).parent / name if source else None
+        if path is not None and path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise TurngymError(f"{path} (data of {klass.__name__}) is not valid JSON: {exc}") from None
+    return None
 
 
 class TextEnv(gym.Env[str, str]):
@@ -159,6 +186,32 @@ class TextEnv(gym.Env[str, str]):
     def illegal_actions(self) -> list[str]:
         """Valid-looking but illegal moves from the current state (for the checker)."""
         return []
+
+    # ---- what LLM agents know of the env: plain data in its folder ---------------------------
+    @classmethod
+    def exemplars(cls) -> list[dict[str, Any]]:
+        """Solved tasks for few-shot prompts: the env folder's ``exemplars.json`` ([] without one).
+
+        A list of ``{"task": {...}, "steps": [{"thought": "...", "action": "..."}, ...]}``: ``task`` is a
+        task dict for ``reset(options={"task": ...})`` (never a test task: few-shot prompts must not leak
+        test answers), the steps an episode that wins it. Observations are not stored: agents replay the
+        actions in the env, so an exemplar always shows the env's current wording.
+        """
+        return env_data_file(cls, EXEMPLARS_FILE) or []
+
+    @classmethod
+    def tool_specs(cls) -> list[dict[str, Any]]:
+        """The env's actions as tools for tool-calling agents: the env folder's ``tools.json`` ([] without one).
+
+        A list of ``{"name", "description", "parameters", "action", ...}``: ``parameters`` maps each
+        argument to its JSON schema (all required); ``action`` is the action text, a ``str.format``
+        template over the arguments. Optional: ``clean`` (argument -> steps applied in order to the
+        value as text: ``"strip"``, ``"lower"`` or ``[regex, replacement]``) and ``action_pattern`` (a
+        regex whose named groups read an action text back into arguments; the first tool whose pattern
+        matches an exemplar's action shows that action as its call). An env without tools gets the
+        agent's generic ``act(action)`` tool.
+        """
+        return env_data_file(cls, TOOLS_FILE) or []
 
     # ---- snapshots (tree search, checks) -----------------------------------------------------
     def get_state(self) -> dict[str, Any]:

@@ -10,11 +10,12 @@ import turngym
 from turngym.agents.base import AgentTurn, Decision, Memory, make_agent, new_memory
 from turngym.agents.context import SUMMARY_REQUEST, ChatRenderer, ContextConfig, PreviousRequest, build_messages
 from turngym.agents.engines import ScriptedEngine
-from turngym.agents.exemplars import env_family, exemplars_for
+from turngym.agents.exemplars import exemplars_for
 from turngym.agents.preact import PReActAgent
 from turngym.agents.react import ReActAgent
-from turngym.agents.tool_calling import TOOLSETS, ToolCallingAgent, action_to_call, find_tool_calls
+from turngym.agents.tool_calling import ToolCallingAgent, action_to_call, find_tool_calls, toolset_for
 from turngym.agents.types import Completion
+from turngym.envs import env_class, env_exemplars
 from turngym.errors import TurngymError
 
 G24 = "turngym/Game24-v0"
@@ -276,7 +277,7 @@ def test_tool_schemas_go_in_the_system_message_when_the_template_ignores_tools()
 def test_tool_schemas_go_through_the_template_when_it_renders_them(tiny_engine):
     agent = ToolCallingAgent(G24)
     agent.bind(tiny_engine)  # the tiny ChatML template renders tools
-    assert agent.tools_in_template and agent.tools == [t.schema() for t in TOOLSETS["Game24"]]
+    assert agent.tools_in_template and agent.tools == [t.schema() for t in toolset_for(G24)]
     memory, _ = _memory()
     turn = agent.prompt(memory)
     assert turn.tools == agent.tools and "<tools>" not in turn.messages[0]["content"]
@@ -288,16 +289,18 @@ def test_tool_schemas_go_through_the_template_when_it_renders_them(tiny_engine):
 
 
 def _with_exemplars() -> list[str]:
-    from turngym.agents.exemplars import _SOURCES
     from turngym.envs import gymnasium_ids
 
-    return [e for e in gymnasium_ids() if env_family(e) in _SOURCES]
+    return [e for e in gymnasium_ids() if env_exemplars(e)]
 
 
 def test_exemplar_sources_are_registered_envs():
-    from turngym.agents.exemplars import _SOURCES
+    """Every exemplars.json in an env folder is found through a registered env."""
+    import inspect
+    from pathlib import Path
 
-    assert {env_family(e) for e in _with_exemplars()} == set(_SOURCES)
+    folders = {p.parent for p in (Path(turngym.__file__).parent / "envs").glob("*/exemplars.json")}
+    assert {Path(inspect.getfile(env_class(e))).parent for e in _with_exemplars()} == folders
 
 
 @pytest.mark.parametrize("env_id", _with_exemplars())
@@ -312,22 +315,20 @@ def test_exemplars_replay_and_win_in_the_real_env(env_id):
 
 @pytest.mark.parametrize("env_id", [G24, BW])
 def test_tool_exemplars_are_the_same_moves(env_id):
-    family = env_family(env_id)
-    tools = {t.name: t for t in TOOLSETS[family]}
+    toolset = toolset_for(env_id)
+    tools = {t.name: t for t in toolset}
     for shot in exemplars_for(env_id):
         env = turngym.make(env_id)
-        env.reset(options={"task": _exemplar_task(family, shot)})
+        env.reset(options={"task": _exemplar_task(env_id, shot)})
         for step in shot.steps:
-            call = action_to_call(family, step.action)
+            call = action_to_call(toolset, step.action)
             obs, _, _, _, info = env.step(tools[call["name"]].to_action(call["arguments"]))
             assert info["action_valid"], obs
         assert info["won"]
 
 
-def _exemplar_task(family, shot):
-    from turngym.agents.exemplars import _SOURCES
-
-    return next(task for task, _ in _SOURCES[family] if shot.steps[0].action == _[0][1])
+def _exemplar_task(env_id, shot):
+    return next(s["task"] for s in env_exemplars(env_id) if shot.steps[0].action == s["steps"][0]["action"])
 
 
 def test_exemplars_are_not_test_tasks():

@@ -374,13 +374,14 @@ def test_dpr_tsv_passages_and_bad_files(tmp_path):
 
 def test_react_exemplar_replays_and_wins_on_train_entities():
     pytest.importorskip("bm25s")
-    from turngym.agents.exemplars import _SOURCES, exemplars_for
+    from turngym.agents.exemplars import exemplars_for
+    from turngym.envs import env_exemplars
 
     shots = exemplars_for("turngym/Search-v0")  # raises if an action is invalid or the episode is not won
     assert len(shots) == 1 and shots[0].problem.startswith("Question: ")
     assert [s.action.split(">")[0] for s in shots[0].steps] == ["<search", "<search", "<answer"]
     assert "Doc 1(Title: Vethquith Works)" in shots[0].steps[0].observation
-    for task, _ in _SOURCES["Search"]:
+    for task in (source["task"] for source in env_exemplars("turngym/Search-v0")):
         for doc in task["supporting"]:  # exemplars never show a held-out test entity
             assert int(doc.rsplit("-", 1)[1]) % synthetic.TEST_EVERY != 0
 
@@ -388,15 +389,16 @@ def test_react_exemplar_replays_and_wins_on_train_entities():
 def test_tool_calling_agent_has_search_and_answer_tools():
     pytest.importorskip("bm25s")
     from turngym.agents.exemplars import exemplars_for
-    from turngym.agents.tool_calling import TOOLSETS, ToolCallingAgent, action_to_call
+    from turngym.agents.tool_calling import ToolCallingAgent, action_to_call, toolset_for
 
-    tools = {t.name: t for t in TOOLSETS["Search"]}
+    toolset = toolset_for("turngym/Search-v0")
+    tools = {t.name: t for t in toolset}
     env = turngym.make("turngym/Search-v0")
     shot = exemplars_for("turngym/Search-v0")[0]
     env.reset(options={"task": {"question": "In which city was the founder of the Vethquith Works born?",
                                 "answers": ["Drevstys"]}})
     for step in shot.steps:
-        call = action_to_call("Search", step.action)
+        call = action_to_call(toolset, step.action)
         obs, _, _, _, info = env.step(tools[call["name"]].to_action(call["arguments"]))
         assert info["action_valid"] and obs == step.observation
     assert info["won"]
