@@ -81,8 +81,8 @@ def _list_actions(info: dict[str, Any], limit: int) -> None:
 
 @_command("play")
 def cmd_play(args: argparse.Namespace) -> int:
-    from turngym.benchmarks.bench import parse_key_values
     from turngym.envs.werewolf import is_werewolf_id
+    from turngym.keyvalue import parse_key_values
 
     if is_werewolf_id(args.env_id):  # multi-agent: a seat against bots (turngym.envs.werewolf.play)
         from turngym.envs.werewolf.play import play_terminal

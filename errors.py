@@ -6,8 +6,6 @@ Every message names the bad input and the fix.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 class TurngymError(Exception):
     """Base class of every error turngym raises on purpose."""
@@ -45,19 +43,6 @@ class MissingDependencyError(TurngymError, ImportError):
         )
         self.package = package
         self.extra = extra
-
-
-def package_files(distribution: str) -> list[Path] | None:
-    """The files an installed distribution lists, located on disk (None when it is not installed): how
-    turngym finds the data and models shipped inside PyPI wheels (the default model's GGUF, Wikipedia
-    summaries, the MiniLM retriever). Callers pick their file and raise their own error."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-    return [Path(str(f.locate())) for f in dist.files or ()]
 
 
 def require(module: str, extra: str, purpose: str):

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of one.
+"""File helpers: atomic writes (a reader sees the old file or the whole new one, never half of one) and
+the files shipped inside installed wheels (`package_files`).
 
 Depends on nothing else of ours, so any layer may import it.
 """
@@ -35,3 +36,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 __all__ = ["atomic_path", "write_text_atomic"]
+
+
+def package_files(distribution: str) -> list[Path] | None:
+    """The files an installed distribution lists, located on disk (None when it is not installed): how
+    turngym finds the data and models shipped inside PyPI wheels (the default model's GGUF, Wikipedia
+    summaries, the MiniLM retriever). Callers pick their file and raise their own error."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+    return [Path(str(f.locate())) for f in dist.files or ()]

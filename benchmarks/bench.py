@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from turngym.files import write_text_atomic
+from turngym.keyvalue import parse_key_values
 
 #: z for a two-sided 95% interval.
 Z95 = 1.959963984540054
@@ -218,22 +219,6 @@ def _agent_options(name: str, args: argparse.Namespace) -> dict[str, Any]:
         return {}
     return {"context": args.context, "window": args.window, "temperature": args.temperature, "top_p": args.top_p,
             "max_tokens": args.max_tokens}
-
-
-def parse_key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
-    """``["split=test", "num_blocks=4"]`` -> ``{"split": "test", "num_blocks": 4}`` (values read as JSON when they parse)."""
-    from turngym.errors import TurngymError
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise TurngymError(f"{flag} {pair!r} is malformed; write KEY=VALUE")
-        key, _, raw = pair.partition("=")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def _load_engine(model: str, args: argparse.Namespace) -> Any:

@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", default="results/rollout_throughput.json")
     args = p.parse_args(argv)
-    from turngym.benchmarks.bench import parse_key_values
+    from turngym.keyvalue import parse_key_values
 
     args.env_kwargs = parse_key_values(args.env_kwarg, "--env-kwarg")
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}

@@ -25,7 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from turngym.benchmarks.bench import _load_engine, _pct, _write_summary, parse_key_values, wilson_interval
+from turngym.benchmarks.bench import _load_engine, _pct, _write_summary, wilson_interval
+from turngym.keyvalue import parse_key_values
 
 
 def is_werewolf_env(env_id: str) -> bool:
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                                     max_concurrent=args.max_concurrent, model_name=model if llm else "")
             result = runner.run(seeds)
             row = summarize_games(result.games)
-            row.update(lineup=spec, model=model, preset=preset, stats=result.stats)
+            row.update(lineup=spec, model=model, preset=preset, stats=result.stats.to_dict())
             if result.trajectories:
                 name = "werewolf__" + "".join(c if c.isalnum() else "_" for c in spec) + ".jsonl"
                 save_trajectories(result.trajectories, out / name)

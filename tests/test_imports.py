@@ -1,5 +1,5 @@
 """Imports flow one way (docs/DESIGN.md): envs <- agents <- trainers <- benchmarks <- cli; credit and kernels
-depend on nothing of ours (any layer above envs may use them); errors, files and http_server are leaves every
+depend on nothing of ours (any layer above envs may use them); errors, files, http_server and keyvalue are leaves every
 layer may use; testing.py serves tests only.
 
 Every ``turngym.*`` import in the package counts, lazy ones inside functions included: a lazy import
@@ -16,12 +16,13 @@ import pytest
 import turngym
 
 ROOT = Path(turngym.__file__).resolve().parent
-LEAVES = {"errors", "files", "http_server"}
+LEAVES = {"errors", "files", "http_server", "keyvalue"}
 #: top-level part -> the parts it may import (besides itself and the leaves)
 ALLOWED = {
     "errors": set(),
     "files": set(),
     "http_server": set(),
+    "keyvalue": set(),
     "credit": set(),
     "kernels": set(),
     "envs": set(),

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from turngym.errors import TurngymError
+from turngym.keyvalue import parse_value
 
 
 class ConfigError(TurngymError, ValueError):
@@ -291,23 +292,13 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value as YAML (numbers, booleans, lists, mappings), else the string itself."""
-    try:
-        import yaml
-
-        return yaml.safe_load(text) if text != "" else ""
-    except Exception:  # noqa: BLE001 (not YAML: the plain string)
-        return text
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides to a recipe mapping (validated against ``cls``)."""
     data = json.loads(json.dumps(data))
     for item in overrides:
-        if "=" not in item:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. algo.clip_high=0.28)")
-        key, _, raw = item.partition("=")
         parts = key.strip().split(".")
         node, typ, where = data, cls, ""
         for depth, part in enumerate(parts):
@@ -352,7 +343,7 @@ OBJECTIVES = ("ppo", "tb", "step_dpo")
 ENGINES = ("hf", "vllm")
 SCHEDULES = ("auto", "lockstep", "continuous")  # EpisodeRunner's
 LR_SCHEDULES = ("constant", "linear", "cosine")
-DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # trainers.model.resolve_dtype's
+DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # names agents.engines.device resolves
 OLD_LOGPROBS = ("recompute", "engine")
 SEQ_UNITS = ("sample", "step")
 #: The LLM agents a trainer can train (make_agent also builds the oracle and random baselines), and

@@ -17,35 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from turngym.agents.engines.device import resolve_device, resolve_dtype
 from turngym.errors import TurngymError, require
 
 ADAPTER_DIR = "adapter"
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device in ("auto", "", None):
-        # Under torchrun each process takes the GPU of its local rank.
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TurngymError(f"model.device={device!r} but torch sees no CUDA device: use model.device=cpu")
-    return device
-
-
-def resolve_dtype(dtype: str):
-    import torch
-
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise TurngymError(f"model.dtype={dtype!r} is not one of {', '.join(table)}")
-    return table[dtype]
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -58,8 +37,8 @@ def load_policy(cfg: Any) -> tuple[Any, Any]:
     from turngym.agents.engines.default_model import _dtype_kwarg, resolve_model
 
     path = resolve_model(cfg.path, progress=True)
-    device = resolve_device(cfg.device)
-    dtype = resolve_dtype(cfg.dtype)
+    device = resolve_device(cfg.device, setting="model.device")
+    dtype = resolve_dtype(cfg.dtype, device, setting="model.dtype")
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
                                                               **_dtype_kwarg(transformers, dtype))

