@@ -4,6 +4,7 @@
     result = runner.run(seeds=range(64))
     result.trajectories   # one Trajectory per (game, LLM seat): the trainer's input
     result.games          # one GameRecord per game: winner, roles, which policy sat where
+    result.stats          # a RunStats, as the gym EpisodeRunner returns (episodes = recorded seats)
 
 Every tick, each live game says who must act (``infos[a]["acting"]``); bots act
 at once, and the prompts of ALL acting LLM seats of ALL live games go to the
@@ -32,8 +33,9 @@ role, team, policy and the game's seed; ``group_id`` is
 one deal (self-play: the trainer can learn one role, or all of them, from the
 same games).
 
-This module depends on :mod:`turngym.agents.types` and the Werewolf env (it
-needs the ``werewolf`` extra: pettingzoo).
+This module depends on :mod:`turngym.agents.types`, the gym runner's
+:class:`~turngym.agents.runner.RunStats` and the Werewolf env (it needs the
+``werewolf`` extra: pettingzoo).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from turngym.agents.runner import RunStats
 from turngym.agents.types import SamplingParams, Step, Trajectory
 from turngym.errors import TurngymError
 
@@ -174,9 +177,17 @@ class GameRecord:
 
 @dataclass
 class WerewolfResult:
+    """The games, the recorded seats' trajectories and the run's totals.
+
+    ``stats`` is the gym runner's :class:`~turngym.agents.runner.RunStats`: ``episodes`` counts the
+    recorded seats (one trajectory each), ``env_steps`` the seat actions applied (bots' included, one per
+    acting seat per tick, as an AEC env steps), ``llm_turns`` the LLM seats' replies, ``prompt_tokens`` their
+    prompt ids, ``env_wait_s`` the time in the games' ``step``; ``errors`` is 0 (an env fault raises).
+    """
+
     games: list[GameRecord] = field(default_factory=list)
     trajectories: list[Trajectory] = field(default_factory=list)
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: RunStats = field(default_factory=RunStats)
 
 
 @dataclass
@@ -247,9 +258,9 @@ class WerewolfRunner:
     def run(self, seeds: Iterable[int]) -> WerewolfResult:
         queue = [int(s) for s in seeds]
         result = WerewolfResult()
+        stats = result.stats
         live: list[_Live] = []
         t0 = time.perf_counter()
-        gen_s, gen_calls, tokens = 0.0, 0, 0
         while queue or live:
             while queue and len(live) < self.max_concurrent:
                 live.append(self._start(queue.pop(0)))
@@ -289,8 +300,8 @@ class WerewolfRunner:
                         top_p=self.llm.sampling.top_p, seed=(game.seed * 1009 + int(p[6:]) * 97 + game.turn) % 2**31))
                 start = time.perf_counter()
                 completions = self.engine.generate(prompts, samplings)
-                gen_s += time.perf_counter() - start
-                gen_calls += 1
+                stats.generate_s += time.perf_counter() - start
+                stats.generate_calls += 1
                 for (i, p, messages), prompt, completion in zip(requests, prompts, completions):
                     action, ok = self.llm.parse(completion.text)
                     actions[i][p] = action
@@ -302,10 +313,17 @@ class WerewolfRunner:
                     step.response_ids, step.response_logprobs = completion.token_ids, completion.logprobs
                     step.finish_reason = completion.finish_reason
                     step.info["format_ok"] = ok
-                    tokens += len(completion.token_ids or [])
+                    stats.llm_turns += 1
+                    stats.generated_tokens += len(completion.token_ids or [])
+                    stats.prompt_tokens += len(step.prompt_ids or [])
             still = []
             for i, game in enumerate(live):
+                start = time.perf_counter()
                 obs, rewards, terms, truncs, infos = game.env.step(actions[i])
+                seconds = time.perf_counter() - start
+                stats.env_wait_s += seconds
+                stats.env_busy_s += seconds
+                stats.env_steps += len(pending_steps[i])
                 game.turn += 1
                 for p, step in pending_steps[i].items():
                     info = infos.get(p, {})
@@ -320,11 +338,7 @@ class WerewolfRunner:
                     game.obs, game.infos = obs, infos
                     still.append(game)
             live = still
-        wall = time.perf_counter() - t0
-        result.stats = {"games": len(result.games), "wall_s": wall, "generate_s": gen_s, "generate_calls": gen_calls,
-                        "generated_tokens": tokens, "tokens_per_s": tokens / wall if wall > 0 else 0.0,
-                        "mean_batch": (sum(len(t.steps) for t in result.trajectories if t.meta["policy"] == "llm")
-                                       / gen_calls) if gen_calls else 0.0}
+        stats.wall_s = time.perf_counter() - t0
         return result
 
     def _finish(self, game: _Live, rewards: dict[str, float], truncated: bool, result: WerewolfResult) -> None:
@@ -341,6 +355,7 @@ class WerewolfRunner:
                 traj.steps[-1].terminated = not truncated
                 traj.steps[-1].truncated = truncated
             result.trajectories.append(traj)
+            result.stats.episodes += 1
         record = GameRecord(seed=game.seed, task_id=f"{game.env.preset}/{game.seed}", winner=g.winner,
                             roles=dict(g.roles), policies=dict(game.policies), steps=g.steps, truncated=truncated)
         result.games.append(record)

@@ -6,10 +6,13 @@ episode), padded batches and micro-batches, never re-tokenizing text.
 kernels package's fused op), and the engine-vs-trainer agreement check.
 ``objectives``: PPO-clip with clip-higher and dual-clip, KL estimators, loss
 aggregation modes (a thin layer over ``turngym.kernels.policy_loss``, where
-the formulas live), DAPO's zero-variance group filter.
+the formulas live), DAPO's zero-variance group filter, and every objective
+(PPO, trajectory balance, step-DPO, EPO/AEPO terms) as ``objective(ctx, mb)``.
 
 ``config``: the trainers' config dataclasses, YAML recipes and overrides.
-``rl``: the multi-turn RL loop (:class:`RLTrainer`); ``sft``: the SFT warm
+``rl``: the multi-turn RL loop (:class:`RLTrainer`), with ``update`` (its
+gradient steps), ``step_dpo`` (Agent Q's search + DPO), ``selfplay``
+(Werewolf) and ``distributed`` (torch.distributed); ``sft``: the SFT warm
 start; ``model``: loading, LoRA, reference and saving the policy;
 ``runlog``: metrics, atomic checkpoints, plots; ``cli``: ``turngym train``,
 ``turngym sft``, ``turngym plot``.

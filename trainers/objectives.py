@@ -1,4 +1,4 @@
-"""The policy objective for the trainers: PPO-clip (asymmetric, dual-clip), KL to a reference, entropy bonus.
+"""The trainers' objectives: PPO-clip (asymmetric, dual-clip, KL, entropy), trajectory balance, step-DPO, EPO/AEPO.
 
 A thin layer over :mod:`turngym.kernels.policy_loss`, the one place where the
 formulas live and are documented (the per-token PPO-clip and dual-clip
@@ -22,15 +22,50 @@ full-batch loss exactly (tested). ``seq_ids=TokenBatch.segment_ids`` makes
 the ``seq-mean-*`` modes average per step instead of per row.
 
 Also here: :func:`dynamic_filter_groups` (DAPO's dynamic sampling filter:
-drop groups whose rewards are all equal).
+drop groups whose rewards are all equal), the EPO / AEPO / trajectory-balance
+formulas, and the objectives as the trainers call them.
+
+Objectives. Every objective and every added loss term is a function with one
+signature, ``objective(ctx, mb) -> (loss, metrics)``: ``ctx`` a
+:class:`LossContext` (the algo config, the policy's forward, the reference,
+log Z, the trajectories' returns: no trainer), ``mb`` a :class:`MicroBatch`
+(one collated micro-batch with its log-probs, entropies and normalizers).
+:data:`OBJECTIVES` maps ``algo.objective`` to its function (``ppo``:
+:func:`ppo_objective`, ``tb``: :func:`trajectory_balance_objective`,
+``step_dpo``: :func:`step_dpo_objective`), :func:`loss_terms` lists the terms
+added to PPO's loss (:func:`aepo_clip_term`, :func:`epo_entropy_term`). The
+trainer picks them once, at construction.
+
+The opt-in objectives and terms (formulas from ``shared/research/credit-spec.md``):
+
+* **EPO** (Xu et al., arXiv 2509.22576): ``L = L_pg - c_H [agg(H) - c_s agg(P)]``
+  with ``P_t = relu(H_t - r_hi * Hbar_k) + relu(r_lo * Hbar_k - H_t)`` where
+  ``Hbar_k`` is the historical mean entropy of turn index k (mean over past
+  iterations). The released code's penalty is a constant mask with no
+  gradient; this hinge is the differentiable form of the paper's intent.
+* **AEPO** (Dong et al., arXiv 2510.14545): entropy-balanced clipping keeps
+  the gradient of tokens with ``A > 0`` and ``r > 1 + eps_high`` bounded
+  at ``-A (1 + eps_high)`` instead of dropping it (forward loss unchanged):
+  added here as ``-A (1 + eps_high) (log pi - sg(log pi))`` on exactly those
+  tokens; entropy-aware advantage ``A' = A (1 + alpha sg(H_norm))`` with H
+  normalized over the valid tokens of the micro-batch.
+* **FoR trajectory balance** (Yu et al., arXiv 2406.05673):
+  ``L_TB(tau) = (log Z + sum_t log pi(a_t | s_t) - log R(tau) / T)^2``,
+  ``log R = log max(R, floor)``, with ``log Z`` one learned scalar (its own
+  learning rate ``algo.tb_logz_lr``; FoR learns it per problem family);
+  ``sum_t`` runs over every sampled token of every turn. No advantages are
+  used.
+* **Step-level DPO** (Agent Q, Putta et al., arXiv 2408.07199): the pairs and
+  the search that finds them are in :mod:`turngym.trainers.step_dpo`.
 
 Depends on torch, numpy and ``turngym.kernels``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,10 +78,17 @@ from turngym.kernels.policy_loss import (
     policy_loss_from_logprobs,
 )
 
+if TYPE_CHECKING:
+    from turngym.trainers.config import AlgoConfig
+    from turngym.trainers.tokens import TokenBatch, TrainingSample
+
 AGG_MODES = LOSS_AGG_MODES
 
-__all__ = ["AGG_MODES", "KL_ESTIMATORS", "PolicyLoss", "aggregate_loss", "dynamic_filter_groups", "kl_penalty",
-           "ppo_clip_loss"]
+__all__ = ["AGG_MODES", "KL_ESTIMATORS", "OBJECTIVES", "LossContext", "MicroBatch", "Objective", "PolicyLoss",
+           "aepo_clip_correction", "aepo_clip_term", "aggregate_loss", "dynamic_filter_groups",
+           "entropy_aware_advantage", "epo_entropy_penalty", "epo_entropy_term", "kl_penalty", "loss_terms",
+           "ppo_clip_loss", "ppo_objective", "step_dpo_objective", "trajectory_balance_loss",
+           "trajectory_balance_objective"]
 
 # The kernels' metric names that the trainers' metrics spell differently.
 _METRIC_NAMES = {"kl": "kl_mean"}
@@ -133,7 +175,7 @@ def dynamic_filter_groups(group_ids: Any, rewards: Any, *, atol: float = 0.0) ->
     return (hi - lo > atol)[code]
 
 
-# ---- EPO and AEPO terms (see turngym.trainers.rl for where they enter the loss) ------------------------------
+# ---- EPO and AEPO terms (see the objectives below for where they enter the loss) ------------------------------
 
 
 def epo_entropy_penalty(entropy: torch.Tensor, turn: torch.Tensor, history_mean: Any, *, min_ratio: float = 0.5,
@@ -204,3 +246,152 @@ def trajectory_balance_loss(log_z: torch.Tensor, log_pf: torch.Tensor, rewards: 
     r = torch.as_tensor(np.asarray(rewards, dtype=np.float64), dtype=log_pf.dtype, device=log_pf.device)
     log_r = torch.log(torch.clamp(r, min=reward_floor)) / reward_temp
     return (log_z + log_pf - log_r) ** 2
+
+
+# ---- the objectives as the trainers call them ---------------------------------------------------------------
+
+
+@dataclass
+class LossContext:
+    """What an objective reads besides its micro-batch (the trainer builds one per update).
+
+    ``forward(batch, with_entropy, model=None)`` gives the per-token log-probs (and entropies) of a
+    :class:`~turngym.trainers.tokens.TokenBatch` under the policy (or ``model``) at the sampling
+    temperature; ``reference`` is the frozen reference (:class:`~turngym.trainers.model.Reference`, its
+    ``active()`` yields the model) or None; ``log_z`` FoR's learned log Z (``tb``) or None; ``returns[i]``
+    the total reward of trajectory ``i`` of this update (``TrainingSample.traj_index``; ``tb``).
+    """
+
+    algo: AlgoConfig
+    forward: Callable[..., Any]
+    reference: Any = None
+    log_z: torch.Tensor | None = None
+    returns: Sequence[float] = ()
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch as the objectives see it: ``[B, T]`` tensors aligned with ``batch``.
+
+    ``rows``: the samples of the batch's rows; ``logprobs`` (with grad) and ``entropy`` of the current
+    policy; ``mask``: ``batch.loss_mask > 0``; ``old_logprobs``: the rollout policy's; ``advantages``: per
+    token (AEPO's entropy-aware form when ``algo.aepo_advantage``); ``seq_ids``: the ``seq-mean-*`` segments
+    (None: per row); ``turn``: each token's turn index (EPO; -1 off the loss mask); ``entropy_reference``:
+    EPO's historical mean entropy per turn index (None before the first iteration); ``norms``: the
+    mini-batch's global loss normalizers (``num_tokens``, ``num_seqs``, ``norm_constant``, ``num_trajs``;
+    step-DPO: ``num_pairs``); ``ref_margin``: step-DPO's reference log-ratio per pair.
+    """
+
+    batch: TokenBatch
+    rows: list[TrainingSample]
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+    norms: dict[str, float]
+    entropy: torch.Tensor | None = None
+    old_logprobs: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    seq_ids: torch.Tensor | None = None
+    turn: torch.Tensor | None = None
+    entropy_reference: Any = None
+    ref_margin: torch.Tensor | None = None
+
+
+#: ``objective(ctx, mb) -> (loss, metrics)``; metrics are plain floats (step-DPO: per-pair lists).
+Objective = Callable[[LossContext, MicroBatch], "tuple[torch.Tensor, dict[str, Any]]"]
+
+
+def _aggregate(ctx: LossContext, mb: MicroBatch, values: torch.Tensor) -> torch.Tensor:
+    """``values`` aggregated as the PPO loss is (``algo.loss_agg_mode`` with the global normalizers)."""
+    a = ctx.algo
+    scale = mb.norms["norm_constant"] if a.loss_agg_mode == "seq-mean-token-sum-norm" else None
+    return aggregate_loss(values, mb.batch.loss_mask, a.loss_agg_mode, mb.seq_ids, mb.norms["num_tokens"],
+                          mb.norms["num_seqs"], scale)
+
+
+def ppo_objective(ctx: LossContext, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    """PPO-clip (clip-higher, dual-clip), KL to the reference (when there is one) and the entropy bonus.
+
+    :func:`turngym.kernels.policy_loss.policy_loss_from_logprobs` on the micro-batch; with EPO
+    (``algo.epo_smooth_coef``) the entropy enters through :func:`epo_entropy_term` instead.
+    """
+    a = ctx.algo
+    ref = None
+    if ctx.reference is not None:
+        with torch.no_grad(), ctx.reference.active() as ref_model:
+            ref = ctx.forward(mb.batch, False, model=ref_model)
+    scale = mb.norms["norm_constant"] if a.loss_agg_mode == "seq-mean-token-sum-norm" else None
+    loss, m = policy_loss_from_logprobs(
+        mb.logprobs, mb.old_logprobs, mb.advantages, mb.batch.loss_mask, entropy=mb.entropy, ref_logprobs=ref,
+        kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, clip_low=a.clip_low, clip_high=a.clip_high,
+        dual_clip=a.dual_clip or None, entropy_coef=a.entropy_coef if not a.epo_smooth_coef else 0.0,
+        loss_agg_mode=a.loss_agg_mode, seq_ids=mb.seq_ids, num_tokens=mb.norms["num_tokens"],
+        num_seqs=mb.norms["num_seqs"], loss_scale_factor=scale)
+    return loss, {k: v for k, v in m.items() if k != "num_tokens"}
+
+
+def aepo_clip_term(ctx: LossContext, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    """AEPO's entropy-balanced clipping, added to PPO's loss: :func:`aepo_clip_correction`, aggregated."""
+    term, kept = aepo_clip_correction(mb.logprobs, mb.old_logprobs, mb.advantages, mb.mask, ctx.algo.clip_high)
+    return _aggregate(ctx, mb, term), {"aepo_kept_frac": float(kept.sum()) / max(1, int(mb.mask.sum()))}
+
+
+def epo_entropy_term(ctx: LossContext, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    """EPO's entropy term, added to PPO's loss: ``-c_H [agg(H) - c_s agg(P)]`` (:func:`epo_entropy_penalty`)."""
+    a = ctx.algo
+    ent = mb.entropy
+    penalty = (epo_entropy_penalty(ent, mb.turn, mb.entropy_reference, min_ratio=a.epo_min_ratio,
+                                   max_ratio=a.epo_max_ratio)
+               if mb.entropy_reference is not None else torch.zeros_like(ent))
+    term = -(a.entropy_coef * (_aggregate(ctx, mb, ent) - a.epo_smooth_coef * _aggregate(ctx, mb, penalty)))
+    return term, {"epo_penalty": float(penalty.detach()[mb.mask].mean()) if bool(mb.mask.any()) else 0.0}
+
+
+def trajectory_balance_objective(ctx: LossContext, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    """FoR's trajectory balance over the trajectories of this micro-batch (the trainer keeps them whole).
+
+    ``log P_F`` of a trajectory sums the sampled tokens' log-probs of all its rows;
+    :func:`trajectory_balance_loss` with ``ctx.returns``, summed and divided by ``norms["num_trajs"]``.
+    """
+    a = ctx.algo
+    logp, mask = mb.logprobs, mb.mask
+    per_traj: dict[int, Any] = {}
+    for row, s in enumerate(mb.rows):
+        lp = torch.where(mask[row], logp[row], torch.zeros_like(logp[row])).sum()
+        per_traj[s.traj_index] = per_traj.get(s.traj_index, 0.0) + lp
+    order = list(per_traj)
+    rewards = [ctx.returns[ti] for ti in order]
+    per = trajectory_balance_loss(ctx.log_z, torch.stack([per_traj[ti] for ti in order]), rewards,
+                                  reward_floor=a.tb_reward_floor, reward_temp=a.tb_reward_temp)
+    loss = per.sum() / mb.norms["num_trajs"]
+    return loss, {"tb_loss": float(per.detach().mean()), "tb_residual_abs": float(per.detach().sqrt().mean())}
+
+
+def step_dpo_objective(ctx: LossContext, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    """DPO over preference pairs: rows ``2i`` / ``2i + 1`` hold pair i's chosen / rejected reply.
+
+    ``L = -log sigmoid(beta [(log pi(y_w) - log pi(y_l)) - ref_margin])`` per pair (``log pi(y)`` the sum
+    over the reply's tokens, ``ref_margin`` the reference's log-ratio, ``beta = algo.dpo_beta``), summed and
+    divided by ``norms["num_pairs"]``. Metrics: per-pair lists (loss, preference accuracy, reward margin).
+    """
+    import torch.nn.functional as F
+
+    beta = ctx.algo.dpo_beta
+    lp = (mb.logprobs * mb.mask).sum(-1)
+    margin = lp[0::2] - lp[1::2] - mb.ref_margin
+    loss = -F.logsigmoid(beta * margin).sum() / mb.norms["num_pairs"]
+    margin = margin.detach()
+    return loss, {"dpo_loss": (-F.logsigmoid(beta * margin)).tolist(),
+                  "pref_accuracy": (margin > 0).float().tolist(), "reward_margin": (beta * margin).tolist()}
+
+
+#: ``algo.objective`` -> its function.
+OBJECTIVES: dict[str, Objective] = {"ppo": ppo_objective, "tb": trajectory_balance_objective,
+                                    "step_dpo": step_dpo_objective}
+
+
+def loss_terms(algo: AlgoConfig) -> list[Objective]:
+    """The terms added to the objective's loss, in order: AEPO's clipping, EPO's entropy smoothing (PPO only)."""
+    if algo.objective != "ppo":
+        return []
+    return [term for on, term in ((algo.aepo_clipping, aepo_clip_term), (algo.epo_smooth_coef, epo_entropy_term))
+            if on]

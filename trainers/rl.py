@@ -8,6 +8,8 @@ One iteration (:meth:`RLTrainer.iteration`):
    and the engine (``hf``: the trained module itself, so no weight copy;
    ``vllm``: weights pushed after every update). Every episode's sampling
    seeds derive from its spec, so an iteration replays identically.
+   Multi-agent envs (Werewolf) play self-play games instead
+   (:mod:`turngym.trainers.selfplay`).
 2. **Rewards.** Failed episodes (env errors) are dropped; the optional
    ``algo.invalid_action_penalty`` is subtracted from steps with invalid
    actions; ``algo.dynamic_filter`` drops groups whose returns are all equal
@@ -24,44 +26,31 @@ One iteration (:meth:`RLTrainer.iteration`):
    no extra pass is made) or the engine's (``engine``) after checking that
    they agree with the trainer's within ``algo.logprob_tolerance``. The
    engine-vs-trainer difference is logged every iteration either way.
-6. **Update.** ``algo.ppo_epochs`` x ``algo.mini_batches`` optimizer
+6. **Update** (:class:`~turngym.trainers.update.PolicyUpdate`, steps 5
+   and 6). ``algo.ppo_epochs`` x ``algo.mini_batches`` optimizer
    steps; each mini-batch is split into micro-batches under
    ``optim.micro_batch_tokens`` (gradient accumulation with global loss
    normalizers, so the result does not depend on the split). Log-probs and
    entropies come from :func:`~turngym.trainers.logprobs.sequence_logprobs`
-   (the ``kernels`` fused op: no [tokens x vocab] logits), the loss from
-   :func:`turngym.kernels.policy_loss.policy_loss_from_logprobs`
-   (PPO-clip, clip-higher, dual-clip, KL to the reference with k1/k2/k3,
-   entropy bonus, every aggregation mode), plus the opt-in objectives below.
+   (the ``kernels`` fused op: no [tokens x vocab] logits); the loss of each
+   micro-batch is the objective picked once by ``algo.objective`` plus the
+   opt-in terms (:mod:`turngym.trainers.objectives`: PPO-clip with KL and
+   entropy, FoR trajectory balance, EPO's entropy smoothing and AEPO's
+   clipping and advantage, each with its paper's formula), all called as
+   ``objective(ctx, micro_batch)``. ``algo.objective=step_dpo`` replaces the
+   rollout and update with Agent Q's search and offline DPO
+   (:mod:`turngym.trainers.step_dpo`). The solution-diversity metric
+   (distinct successful action sequences per task) is logged for every
+   objective.
 7. **Sync and log.** The engine sees the new weights; metrics go to
    ``metrics.jsonl`` and TensorBoard; checkpoints every ``run.save_every``.
-
-Opt-in objectives (formulas from ``shared/research/credit-spec.md``):
-
-* **EPO** (Xu et al., arXiv 2509.22576): ``L = L_pg - c_H [agg(H) - c_s agg(P)]``
-  with ``P_t = relu(H_t - r_hi * Hbar_k) + relu(r_lo * Hbar_k - H_t)`` where
-  ``Hbar_k`` is the historical mean entropy of turn index k (mean over past
-  iterations). The released code's penalty is a constant mask with no
-  gradient; this hinge is the differentiable form of the paper's intent.
-* **AEPO** (Dong et al., arXiv 2510.14545): entropy-balanced clipping keeps
-  the gradient of tokens with ``A > 0`` and ``r > 1 + eps_high`` bounded
-  at ``-A (1 + eps_high)`` instead of dropping it (forward loss unchanged):
-  added here as ``-A (1 + eps_high) (log pi - sg(log pi))`` on exactly those
-  tokens; entropy-aware advantage ``A' = A (1 + alpha sg(H_norm))`` with H
-  normalized over the valid tokens of the micro-batch.
-* **FoR trajectory balance** (Yu et al., arXiv 2406.05673):
-  ``L_TB(tau) = (log Z + sum_t log pi(a_t | s_t) - log R(tau) / T)^2``,
-  ``log R = log max(R, floor)``, with ``log Z`` one learned scalar (its own
-  learning rate ``algo.tb_logz_lr``; FoR learns it per problem family);
-  ``sum_t`` runs over every sampled token of every turn. No advantages are
-  used. The solution-diversity metric (distinct successful action
-  sequences per task) is logged for every objective.
 
 Resume (``resume=True``): the newest complete checkpoint's weights,
 optimizer, scheduler, RNG states, log Z, EPO history and iteration are
 restored and ``metrics.jsonl`` is cut back to that iteration; since tasks,
 sampling seeds and mini-batch order derive from ``(run.seed, iteration)``,
 a resumed run logs the same metrics as an uninterrupted one on CPU.
+Data parallel (torchrun): :mod:`turngym.trainers.distributed`.
 
 Depends on ``turngym.agents``, ``turngym.credit``, ``turngym.kernels`` and
 this package's token layer; torch and transformers (``train`` extra).
@@ -69,8 +58,6 @@ this package's token layer; torch and transformers (``train`` extra).
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import math
 import os
 import time
@@ -81,11 +68,12 @@ from typing import Any
 
 import numpy as np
 
-from turngym.agents.runner import EpisodeRunner, derive_seed, plan_episodes
+from turngym.agents.runner import EpisodeRunner, RunStats, derive_seed, plan_episodes
 from turngym.agents.types import Trajectory
 from turngym.errors import TurngymError
 from turngym.trainers.config import RLConfig, dump_yaml, to_dict, validate_config
 from turngym.trainers.credit_inputs import SPAProgressState
+from turngym.trainers.distributed import Distributed, NullLog
 from turngym.trainers.runlog import (
     MetricsLog,
     latest_checkpoint,
@@ -94,6 +82,7 @@ from turngym.trainers.runlog import (
     save_checkpoint,
     set_rng_state,
 )
+from turngym.trainers.selfplay import is_multi_agent, selfplay_evaluate, selfplay_rollout
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -131,6 +120,8 @@ class RLTrainer:
                  engine: Any = None):
         import torch
 
+        from turngym.trainers.objectives import OBJECTIVES, loss_terms
+
         self.cfg = cfg = config
         self._validate()
         if cfg.run.threads:
@@ -139,7 +130,7 @@ class RLTrainer:
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.torch = torch
-        self.dist = _Distributed.from_env()
+        self.dist = Distributed.from_env()
         if model is None:
             from turngym.trainers.model import load_policy
 
@@ -155,6 +146,8 @@ class RLTrainer:
         self.dist.broadcast_parameters(self.model)  # replicas start equal (LoRA init is random)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.temperature = cfg.agent.temperature if cfg.agent.temperature > 0 else 1.0
+        # The loss of a micro-batch: the objective and the terms added to it, picked once.
+        self.objective = OBJECTIVES[cfg.algo.objective]
 
         from turngym.trainers.model import Reference, trainable_parameters
 
@@ -165,24 +158,27 @@ class RLTrainer:
         groups = [{"params": params, "lr": cfg.optim.lr}]
         self.log_z = None
         if cfg.algo.objective == "tb":
-            self.log_z = torch.nn.Parameter(torch.zeros((), dtype=torch.float32, device=self._device()))
+            self.log_z = torch.nn.Parameter(torch.zeros((), dtype=torch.float32, device=self.device))
             groups.append({"params": [self.log_z], "lr": cfg.algo.tb_logz_lr, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                            weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.entropy_history: list[list[float]] = []  # EPO: per iteration, mean entropy per turn index
+        from turngym.trainers.update import PolicyUpdate
+
+        self.policy_update = PolicyUpdate(cfg, self.model, self.optimizer, self.scheduler, self.dist,
+                                          pad_id=self.pad_id, temperature=self.temperature,
+                                          objective=self.objective, loss_terms=loss_terms(cfg.algo))
         self.spa_state = SPAProgressState()  # SPA's learned progress estimator: its replay of recent steps
         self.credit_metrics: dict[str, float] = {}
         self.iteration_done = 0
         self.weights_version = 0
-        self._current_trajs: list[Trajectory] = []
 
         if resume:
             self._resume()
         self.engine = engine if engine is not None else self._make_engine()
         # Multi-agent envs (Werewolf) prompt through their own runner's policy (agent.options go to it).
-        self.agent = None if _is_multi_agent(cfg.env.id) else self._make_agent(cfg.agent.temperature)
-        self.log = MetricsLog(self.run_dir, cfg.run.tensorboard) if self.dist.main else _NullLog()
+        self.agent = None if is_multi_agent(cfg.env.id) else self._make_agent(cfg.agent.temperature)
+        self.log = MetricsLog(self.run_dir, cfg.run.tensorboard) if self.dist.main else NullLog()
         from turngym.trainers.runlog import write_atomic
 
         if self.dist.main:
@@ -197,8 +193,19 @@ class RLTrainer:
         # The same checks as load_config's, for configs built in code (tests, notebooks).
         validate_config(self.cfg)
 
-    def _device(self):
+    @property
+    def device(self):
+        """Where the policy's parameters live."""
         return next(self.model.parameters()).device
+
+    @property
+    def entropy_history(self) -> list[list[float]]:
+        """EPO: per past iteration, the mean entropy per turn index (checkpointed)."""
+        return self.policy_update.entropy_history
+
+    @entropy_history.setter
+    def entropy_history(self, value: list[list[float]]) -> None:
+        self.policy_update.entropy_history = value
 
     def _lr_factor(self, step: int) -> float:
         o = self.cfg.optim
@@ -333,10 +340,10 @@ class RLTrainer:
             self.log.close()
         return last
 
-    def rollout(self, iteration: int) -> tuple[list[Trajectory], Any]:
+    def rollout(self, iteration: int) -> tuple[list[Trajectory], RunStats]:
         cfg = self.cfg
-        if _is_multi_agent(cfg.env.id):
-            return self._selfplay_rollout(iteration)
+        if is_multi_agent(cfg.env.id):
+            return selfplay_rollout(cfg, self.engine, iteration)
         specs = plan_episodes(cfg.env.id, split=cfg.env.split, num_tasks=cfg.rollout.tasks_per_iter,
                               group_size=cfg.rollout.group_size, seed=derive_seed(cfg.run.seed, iteration),
                               env_kwargs=cfg.env.kwargs)
@@ -348,37 +355,6 @@ class RLTrainer:
                                schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic)
         result = runner.run(specs)
         return result.trajectories, result.stats
-
-    def _selfplay_rollout(self, iteration: int) -> tuple[list[Trajectory], Any]:
-        """Werewolf self-play: ``tasks_per_iter x group_size`` games; the LLM seats' trajectories, grouped by role.
-
-        ``env.kwargs``: ``lineup`` (default ``all=llm``: every seat is the policy), ``preset`` (default
-        ``lspo7``) and any rules field. Each game is a different deal, so a group is one role across this
-        iteration's games (the role's mean outcome is the baseline).
-        """
-        from types import SimpleNamespace
-
-        from turngym.agents.werewolf_runner import WerewolfLLMPolicy, WerewolfRunner
-
-        cfg = self.cfg
-        kwargs = dict(cfg.env.kwargs)
-        lineup, preset = kwargs.pop("lineup", "all=llm"), kwargs.pop("preset", "lspo7")
-        kwargs.pop("eval_lineup", None)
-        a = cfg.agent
-        llm = WerewolfLLMPolicy(temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens, **a.options)
-        runner = WerewolfRunner(self.engine, lineup=lineup, preset=preset, env_config=kwargs, llm=llm,
-                                max_concurrent=cfg.rollout.max_concurrent)
-        n = cfg.rollout.tasks_per_iter * cfg.rollout.group_size
-        result = runner.run([derive_seed(cfg.run.seed, iteration, k) for k in range(n)])
-        trajs = [t for t in result.trajectories if t.steps]
-        for t in trajs:
-            t.group_id = f"{iteration}|{t.meta.get('role', '')}"
-        st = result.stats
-        prompt_tokens = sum(len(s.prompt_ids or []) for t in trajs for s in t.steps)
-        stats = SimpleNamespace(generate_s=st.get("generate_s", 0.0), env_wait_s=0.0,
-                                generated_tokens=st.get("generated_tokens", 0), prompt_tokens=prompt_tokens,
-                                env_steps=sum(t.num_turns for t in trajs))
-        return trajs, stats
 
     def iteration(self) -> dict[str, Any]:
         """One rollout + update; returns (and logs) its metrics."""
@@ -416,7 +392,8 @@ class RLTrainer:
             samples, adv = self._samples(train_trajs)
             record.update(_advantage_metrics(adv))
             record.update(self.credit_metrics)
-            update = self._update(samples, train_trajs, it)
+            update = self.policy_update.run(self.loss_context(train_trajs), samples, it)
+            update["distinct_plans"] = distinct_successful_plans(train_trajs)
         record["time_credit_update"] = time.perf_counter() - t0
         record.update(update)
         self._sync_engine()
@@ -490,7 +467,7 @@ class RLTrainer:
                                           old_logprobs=None, segment_ids=[0 if m else -1 for m in mask],
                                           traj_index=0, steps=(0,), group_id=""))
         out: list[Any] = [None] * len(samples)
-        device = self._device()
+        device = self.device
         was_training = self.model.training
         self.model.eval()
         try:
@@ -505,7 +482,7 @@ class RLTrainer:
                         for row, i in enumerate(micro):
                             out[i] = rows[row]
                         continue
-                    logp, ent = self._forward(batch, True)
+                    logp, ent = self.forward(batch, True)
                     values = logp if what == "logprob" else ent
                     mask = batch.loss_mask > 0
                     means = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
@@ -515,275 +492,33 @@ class RLTrainer:
             self.model.train(was_training)
         return out
 
-    # ---- the update ---------------------------------------------------------------------------------------
+    # ---- the policy's forward, as the objectives see it -------------------------------------------------
 
-    def _update(self, samples: list[Any], trajs: list[Trajectory], it: int) -> dict[str, float]:
-        torch = self.torch
-        cfg, a = self.cfg, self.cfg.algo
-        self._current_trajs = trajs  # the TB loss reads rewards per trajectory
-        t0 = time.perf_counter()
-        single_pass = a.ppo_epochs * a.mini_batches == 1
-        metrics: dict[str, list[float]] = defaultdict(list)
-        turn_entropy: dict[int, list[float]] = defaultdict(list)
-        # Old log-probs: the engine's (checked) or the trainer's before any update.
-        check = self._old_logprobs(samples, single_pass, metrics)
-        t_logprob = time.perf_counter() - t0
-        hbar = self._entropy_reference()
-        rng = np.random.default_rng(derive_seed(cfg.run.seed, it, 7))
-        grad_norms = []
-        for epoch in range(a.ppo_epochs):
-            order = rng.permutation(len(samples)) if a.ppo_epochs * a.mini_batches > 1 else np.arange(len(samples))
-            for mb in np.array_split(order, a.mini_batches):
-                mb = [int(i) for i in mb]
-                if not mb:
-                    continue
-                self.optimizer.zero_grad(set_to_none=True)
-                norms = self._normalizers([samples[i] for i in mb], trajs)
-                for micro in self._micro_batches(samples, mb):
-                    m = self._micro_step(samples, micro, norms, hbar, single_pass and epoch == 0, turn_entropy)
-                    for k, v in m.items():
-                        metrics[k].append(v)
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                self.dist.all_reduce_grads(params)
-                if cfg.optim.max_grad_norm > 0:
-                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-                else:
-                    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-                grad_norms.append(float(norm))
-                self.optimizer.step()
-                self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if turn_entropy:
-            width = max(turn_entropy) + 1
-            self.entropy_history.append([float(np.mean(turn_entropy[k])) if k in turn_entropy else float("nan")
-                                         for k in range(width)])
-        out = {k: float(np.average(v, weights=metrics["_w"])) if k != "_w" and len(v) == len(metrics["_w"])
-               else float(np.mean(v)) for k, v in metrics.items() if not k.startswith("_")}
-        out.update(check)
-        out["grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
-        out["time_logprob"] = t_logprob + out.pop("time_logprob_pass", 0.0)
-        out["time_update"] = time.perf_counter() - t0 - t_logprob
-        out["num_samples"] = len(samples)
-        out["num_loss_tokens"] = int(sum(s.num_loss_tokens for s in samples))
-        out["distinct_plans"] = distinct_successful_plans(trajs)
-        return out
+    def loss_context(self, trajs: list[Trajectory] = ()) -> Any:
+        """What the objectives read (:class:`~turngym.trainers.objectives.LossContext`): the algo config, the
+        policy's forward, the reference, log Z, and the returns of ``trajs`` (this update's trajectories)."""
+        from turngym.trainers.objectives import LossContext
 
-    def _micro_batches(self, samples: list[Any], indices: list[int]) -> list[list[int]]:
-        from turngym.trainers.tokens import pack_microbatches
+        return LossContext(algo=self.cfg.algo, forward=self.forward, reference=self.reference, log_z=self.log_z,
+                           returns=[t.total_reward for t in trajs])
 
-        budget = self.cfg.optim.micro_batch_tokens
-        if self.cfg.algo.objective != "tb":
-            local = pack_microbatches([len(samples[i]) for i in indices], budget)
-            return [[indices[j] for j in mb] for mb in local]
-        # Trajectory balance squares a sum over a whole trajectory: keep each trajectory's samples together.
-        by_traj: dict[int, list[int]] = defaultdict(list)
-        for i in indices:
-            by_traj[samples[i].traj_index].append(i)
-        out, cur, width = [], [], 0
-        for _, members in sorted(by_traj.items()):
-            w = max(width, *(len(samples[i]) for i in members))
-            if cur and (len(cur) + len(members)) * w > budget:
-                out.append(cur)
-                cur, w = [], max(len(samples[i]) for i in members)
-            cur += members
-            width = w
-        if cur:
-            out.append(cur)
-        return out
-
-    def _normalizers(self, mb_samples: list[Any], trajs: list[Trajectory]) -> dict[str, float]:
-        from turngym.trainers.tokens import loss_normalizers
-
-        n = loss_normalizers(mb_samples)
-        unit = self.cfg.algo.seq_unit
-        # Data parallel: the normalizers count the whole (all ranks') mini-batch, so summed gradients are the
-        # single-process gradient.
-        tok, seqs, trajs_n = self.dist.sum([n["num_tokens"], n["num_steps"] if unit == "step" else n["num_samples"],
-                                            len({s.traj_index for s in mb_samples})])
-        longest = self.dist.max(max((len(s) for s in mb_samples), default=1))
-        return {"num_tokens": float(max(1, tok)), "num_seqs": float(max(1, seqs)),
-                "norm_constant": float(self.cfg.algo.norm_constant or longest),
-                "num_trajs": float(max(1, trajs_n))}
-
-    def _forward(self, batch, with_entropy: bool, model: Any = None):
+    def forward(self, batch: Any, with_entropy: bool = False, model: Any = None):
+        """Per-token log-probs (and entropies) of a collated batch under the policy (or ``model``), at the
+        sampling temperature: :func:`~turngym.trainers.logprobs.sequence_logprobs`."""
         from turngym.trainers.logprobs import sequence_logprobs
 
         return sequence_logprobs(model if model is not None else self.model, batch.input_ids, batch.attention_mask,
                                  temperature=self.temperature, with_entropy=with_entropy, loss_mask=batch.loss_mask,
                                  position_ids=batch.position_ids)
 
-    def _old_logprobs(self, samples: list[Any], single_pass: bool, metrics: dict) -> dict[str, float]:
-        """Fill ``sample.old_logprobs`` as configured; return the engine-vs-trainer agreement metrics."""
-        torch = self.torch
-        from turngym.trainers.tokens import collate
-
-        a = self.cfg.algo
-        device = self._device()
-        if single_pass and a.old_logprobs == "recompute":
-            return {}  # measured in the first (only) forward pass of the update
-        diffs, n = [], 0
-        batches = self._micro_batches(samples, list(range(len(samples))))
-        if a.old_logprobs == "engine":
-            batches = batches[:1]  # a spot check: the engine's values are used
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            for micro in batches:
-                batch = collate(samples, self.pad_id, indices=micro, device=device)
-                logp = self._forward(batch, False)
-                mask = batch.loss_mask > 0
-                if batch.old_logprobs is not None and self.temperature == 1.0:
-                    d = (logp - batch.old_logprobs).abs()[mask]
-                    diffs.append(d)
-                    n += int(mask.sum())
-                if a.old_logprobs == "recompute":
-                    for row, i in enumerate(micro):
-                        s = samples[i]
-                        s.old_logprobs = logp[row, : len(s)].cpu().tolist()
-        out = {"time_logprob_pass": time.perf_counter() - t0}
-        if diffs:
-            d = torch.cat(diffs)
-            out.update({"logprob_diff_max": float(d.max()) if d.numel() else 0.0,
-                        "logprob_diff_mean": float(d.mean()) if d.numel() else 0.0})
-            if a.old_logprobs == "engine" and out["logprob_diff_max"] > a.logprob_tolerance:
-                raise TurngymError(
-                    f"engine and trainer log-probs differ by up to {out['logprob_diff_max']:.3g} "
-                    f"(> algo.logprob_tolerance={a.logprob_tolerance}): the ratio would be wrong. Use "
-                    "algo.old_logprobs=recompute, or check dtype/temperature agreement between engine and trainer")
-        return out
-
-    def _entropy_reference(self):
-        """EPO's Hbar per turn index: mean over past iterations (None before the first)."""
-        if not self.cfg.algo.epo_smooth_coef or not self.entropy_history:
-            return None
-        width = max(len(h) for h in self.entropy_history)
-        rows = np.full((len(self.entropy_history), width), np.nan)
-        for r, h in enumerate(self.entropy_history):
-            rows[r, : len(h)] = h
-        with np.errstate(all="ignore"):
-            return np.nanmean(rows, axis=0)
-
-    def _micro_step(self, samples, micro, norms, hbar, first_pass, turn_entropy) -> dict[str, float]:
-        torch = self.torch
-        from turngym.kernels.policy_loss import aggregate_loss, policy_loss_from_logprobs
-        from turngym.trainers.objectives import aepo_clip_correction, entropy_aware_advantage, epo_entropy_penalty
-        from turngym.trainers.tokens import collate
-
-        a = self.cfg.algo
-        device = self._device()
-        batch = collate(samples, self.pad_id, indices=micro, device=device)
-        need_entropy = True
-        logp, ent = self._forward(batch, need_entropy)
-        mask = batch.loss_mask > 0
-        out: dict[str, float] = {}
-        engine_old = batch.old_logprobs
-        if first_pass and a.old_logprobs == "recompute":
-            if engine_old is not None and self.temperature == 1.0 and bool(mask.any()):
-                d = (logp.detach() - engine_old).abs()[mask]
-                out["logprob_diff_max"] = float(d.max())
-                out["logprob_diff_mean"] = float(d.mean())
-            old = logp.detach()
-        else:
-            old = engine_old if engine_old is not None else logp.detach()
-        turn = None
-        if a.epo_smooth_coef:  # EPO: per-token turn index (the samples' own step numbers) and per-turn entropy
-            turn = torch.full_like(batch.segment_ids, -1)
-            for row, i in enumerate(micro):
-                s = samples[i]
-                turn[row, : len(s)] = torch.tensor(s.segment_ids, dtype=torch.long, device=device)
-            with torch.no_grad():
-                k = turn[mask]
-                sums = torch.bincount(k, weights=ent.detach()[mask].double())
-                counts = torch.bincount(k)
-                for t in torch.nonzero(counts).flatten().tolist():
-                    turn_entropy[t].append(float(sums[t] / counts[t]))
-        seq_ids = batch.segment_ids.clamp(min=0) if a.seq_unit == "step" else None
-
-        if a.objective == "tb":
-            loss, m = self._tb_loss(samples, micro, logp, mask, norms)
-            out.update(m)
-        else:
-            adv = batch.advantages
-            if a.aepo_advantage:
-                adv = entropy_aware_advantage(adv, ent, mask, a.aepo_advantage)
-            ref = None
-            if self.reference is not None:
-                with torch.no_grad(), self.reference.active() as ref_model:
-                    ref = self._forward(batch, False, model=ref_model)
-            scale = norms["norm_constant"] if a.loss_agg_mode == "seq-mean-token-sum-norm" else None
-            loss, m = policy_loss_from_logprobs(
-                logp, old, adv, batch.loss_mask, entropy=ent, ref_logprobs=ref, kl_coef=a.kl_coef,
-                kl_estimator=a.kl_estimator, clip_low=a.clip_low, clip_high=a.clip_high,
-                dual_clip=a.dual_clip or None, entropy_coef=a.entropy_coef if not a.epo_smooth_coef else 0.0,
-                loss_agg_mode=a.loss_agg_mode, seq_ids=seq_ids, num_tokens=norms["num_tokens"],
-                num_seqs=norms["num_seqs"], loss_scale_factor=scale)
-
-            def agg(values):
-                return aggregate_loss(values, batch.loss_mask, a.loss_agg_mode, seq_ids, norms["num_tokens"],
-                                      norms["num_seqs"], scale)
-
-            if a.aepo_clipping:
-                term, kept = aepo_clip_correction(logp, old, adv, mask, a.clip_high)
-                loss = loss + agg(term)
-                out["aepo_kept_frac"] = float(kept.sum()) / max(1, int(mask.sum()))
-            if a.epo_smooth_coef:
-                penalty = (epo_entropy_penalty(ent, turn, hbar, min_ratio=a.epo_min_ratio, max_ratio=a.epo_max_ratio)
-                           if hbar is not None else torch.zeros_like(ent))
-                loss = loss - a.entropy_coef * (agg(ent) - a.epo_smooth_coef * agg(penalty))
-                out["epo_penalty"] = float(penalty.detach()[mask].mean()) if bool(mask.any()) else 0.0
-            out.update({k: v for k, v in m.items() if k != "num_tokens"})
-        loss.backward()
-        out["_w"] = float(mask.sum())
-        return out
-
-    def _tb_loss(self, samples, micro, logp, mask, norms):
-        """FoR's trajectory balance over the trajectories of this micro-batch (they are whole here)."""
-        torch = self.torch
-        a = self.cfg.algo
-        per_traj: dict[int, Any] = {}
-        for row, i in enumerate(micro):
-            s = samples[i]
-            lp = torch.where(mask[row], logp[row], torch.zeros_like(logp[row])).sum()
-            per_traj[s.traj_index] = per_traj.get(s.traj_index, 0.0) + lp
-        from turngym.trainers.objectives import trajectory_balance_loss
-
-        order = list(per_traj)
-        rewards = [self._current_trajs[ti].total_reward for ti in order]
-        per = trajectory_balance_loss(self.log_z, torch.stack([per_traj[ti] for ti in order]), rewards,
-                                      reward_floor=a.tb_reward_floor, reward_temp=a.tb_reward_temp)
-        loss = per.sum() / norms["num_trajs"]
-        return loss, {"tb_loss": float(per.detach().mean()), "tb_residual_abs": float(per.detach().sqrt().mean())}
-
-    def _selfplay_evaluate(self, games: int) -> dict[str, Any]:
-        """Werewolf: the policy's seats' win rate over ``games`` fixed deals (``env.kwargs.eval_lineup``, default
-        the LLM village against rule-based wolves)."""
-        from turngym.agents.werewolf_runner import WerewolfLLMPolicy, WerewolfRunner
-
-        cfg = self.cfg
-        kwargs = dict(cfg.env.kwargs)
-        kwargs.pop("lineup", None)
-        lineup = kwargs.pop("eval_lineup", "village=llm,wolves=rule")
-        preset = kwargs.pop("preset", "lspo7")
-        a = cfg.agent
-        llm = WerewolfLLMPolicy(temperature=cfg.run.eval_temperature, top_p=1.0, max_tokens=a.max_tokens, **a.options)
-        t0 = time.perf_counter()
-        result = WerewolfRunner(self.engine, lineup=lineup, preset=preset, env_config=kwargs, llm=llm,
-                                max_concurrent=cfg.rollout.max_concurrent).run(
-            [derive_seed(cfg.run.seed, 99991, k) for k in range(games)])
-        seats = [t for t in result.trajectories if t.meta.get("policy") == "llm"]
-        wins = sum(t.won for t in seats)
-        lo, hi = wilson_interval(wins, len(seats))
-        record = {"kind": "eval", "iteration": self.iteration_done, "split": lineup, "episodes": len(seats),
-                  "games": len(result.games), "success_rate": wins / len(seats) if seats else 0.0, "ci_low": lo,
-                  "ci_high": hi, "time_eval": time.perf_counter() - t0}
-        self.log.write(record)
-        return record
-
     # ---- evaluation ---------------------------------------------------------------------------------------
 
     def evaluate(self, split: str | None = None, num_tasks: int | None = None) -> dict[str, Any]:
         """Success on held-out tasks (one rollout per task at ``run.eval_temperature``); logged as kind=eval.
 
-        Data parallel: rank 0 evaluates; the others wait and get its record.
+        Multi-agent envs: the policy's seats' win rate over fixed deals (``env.kwargs.eval_lineup``, default
+        the LLM village against rule-based wolves). Data parallel: rank 0 evaluates; the others wait and get
+        its record.
         """
         if self.dist.world > 1:
             record = self._evaluate(split, num_tasks) if self.dist.main else None
@@ -794,8 +529,16 @@ class RLTrainer:
         cfg = self.cfg
         split = split or cfg.env.eval_split
         n = num_tasks or cfg.run.eval_tasks
-        if _is_multi_agent(cfg.env.id):
-            return self._selfplay_evaluate(n)
+        if is_multi_agent(cfg.env.id):
+            t0 = time.perf_counter()
+            lineup, seats, games = selfplay_evaluate(cfg, self.engine, n)
+            wins = sum(t.won for t in seats)
+            lo, hi = wilson_interval(wins, len(seats))
+            record = {"kind": "eval", "iteration": self.iteration_done, "split": lineup, "episodes": len(seats),
+                      "games": games, "success_rate": wins / len(seats) if seats else 0.0, "ci_low": lo,
+                      "ci_high": hi, "time_eval": time.perf_counter() - t0}
+            self.log.write(record)
+            return record
         specs = plan_episodes(cfg.env.id, split=split, num_tasks=n, group_size=1, seed=derive_seed(cfg.run.seed, 99991),
                               env_kwargs=cfg.env.kwargs)
         agent = self._make_agent(cfg.run.eval_temperature)
@@ -815,161 +558,12 @@ class RLTrainer:
         return record
 
 
-
-# ---- data parallel ------------------------------------------------------------------------------------------
-
-
-class _NullLog:
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def truncate_after(self, iteration: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-#: record keys that add up across ranks (the others are averaged, weighted by each rank's episodes; times: max).
-_SUM_KEYS = ("episodes", "env_errors", "trained_episodes", "generated_tokens", "prompt_tokens", "num_samples",
-             "num_loss_tokens", "pairs", "tokens_per_s", "env_steps_per_s")
-
-
-def _destroy_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
-
-
-class _Distributed:
-    """torch.distributed when launched by torchrun (WORLD_SIZE > 1), else a no-op.
-
-    Each rank rolls out its share of the tasks (whole groups), computes its
-    micro-batches' gradients with the global loss normalizers, and the
-    gradients are summed across ranks before clipping and the optimizer step,
-    so every rank applies the same update (replicas stay equal) and the result
-    is the single-process one up to summation order. Backend: NCCL on GPUs,
-    gloo on CPUs.
-    """
-
-    def __init__(self, rank: int = 0, world: int = 1):
-        self.rank, self.world = rank, world
-
-    @classmethod
-    def from_env(cls) -> _Distributed:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        import torch
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-            # Torn down before the interpreter's own exit: gloo's threads alive when C++ statics are
-            # destroyed abort the process ("terminate called without an active exception"), now and then.
-            atexit.register(_destroy_process_group)
-        return cls(dist.get_rank(), dist.get_world_size())
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def _reduce(self, values: list[float], op: str) -> list[float]:
-        if self.world <= 1:
-            return list(values)
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-        return t.tolist()
-
-    def sum(self, values: list[float]) -> list[float]:
-        return self._reduce(values, "sum")
-
-    def max(self, value: float) -> float:
-        return self._reduce([value], "max")[0]
-
-    def all_reduce_grads(self, params: list[Any]) -> None:
-        if self.world <= 1:
-            return
-        import torch
-        import torch.distributed as dist
-
-        grads = []
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
-            offset += n
-
-    def broadcast_parameters(self, model: Any) -> None:
-        if self.world <= 1:
-            return
-        import torch
-        import torch.distributed as dist
-
-        with torch.no_grad():
-            for p in model.parameters():
-                dist.broadcast(p.data, src=0)
-
-    def broadcast_object(self, obj: Any) -> Any:
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def merge_records(self, record: dict[str, Any]) -> dict[str, Any]:
-        if self.world <= 1:
-            return record
-        import torch.distributed as dist
-
-        records: list[Any] = [None] * self.world
-        dist.all_gather_object(records, record)
-        weights = [max(1, int(r.get("episodes", 0))) for r in records]
-        merged: dict[str, Any] = {}
-        for key, own in record.items():
-            vals = [r.get(key) for r in records]
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
-                merged[key] = own
-            elif key in _SUM_KEYS:
-                merged[key] = sum(vals)
-            elif key.startswith("time") or key.endswith("_max") or key == "iteration":
-                merged[key] = max(vals)
-            else:
-                merged[key] = float(np.average(vals, weights=weights))
-        merged["world_size"] = self.world
-        return merged
-
-
 # ---- helpers ------------------------------------------------------------------------------------------------
 
 
 def _penalize_invalid(traj: Trajectory, penalty: float) -> Trajectory:
     steps = [replace(s, reward=s.reward - penalty) if not s.action_valid else s for s in traj.steps]
     return replace(traj, steps=steps, total_reward=float(sum(s.reward for s in steps)))
-
-
-def _is_multi_agent(env_id: str) -> bool:
-    from turngym.envs import registry
-
-    entry = registry().get(env_id)
-    return entry is not None and entry.kind == "pettingzoo"
 
 
 def _rollout_metrics(trajs: list[Trajectory]) -> dict[str, float]:

@@ -32,7 +32,11 @@ needs no judge model: one-step lookahead from exact env snapshots with the
 env's own progress signal. Logged: pairs, preference accuracy, reward margin,
 DPO loss, the search's success rate.
 
-Depends on :mod:`turngym.trainers.rl` (the trainer it runs inside).
+The loss is :func:`turngym.trainers.objectives.step_dpo_objective`, called as
+every objective is (``objective(ctx, micro_batch)``). Runs inside an
+:class:`~turngym.trainers.rl.RLTrainer` and reads only its public surface
+(``cfg``, ``engine``, ``agent``, ``model``, ``optimizer``, ``scheduler``,
+``reference``, ``pad_id``, ``device``, ``objective``, ``loss_context()``).
 """
 
 from __future__ import annotations
@@ -153,12 +157,13 @@ def collect_step_pairs(trainer: Any, iteration: int) -> tuple[list[StepPair], di
 def dpo_update(trainer: Any, pairs: list[StepPair], iteration: int) -> dict[str, float]:
     """Offline DPO epochs over ``pairs`` (module docstring, step 3)."""
     import torch
-    import torch.nn.functional as F
 
+    from turngym.trainers.objectives import MicroBatch
     from turngym.trainers.tokens import TrainingSample, collate
 
     cfg, a = trainer.cfg, trainer.cfg.algo
-    device = trainer._device()
+    device = trainer.device
+    ctx = trainer.loss_context()
 
     def sample(prompt: list[int], reply: list[int]) -> TrainingSample:
         ids = prompt + reply
@@ -170,10 +175,8 @@ def dpo_update(trainer: Any, pairs: list[StepPair], iteration: int) -> dict[str,
     for p in pairs:
         samples += [sample(p.prompt_ids, p.chosen_ids), sample(p.prompt_ids, p.rejected_ids)]
 
-    def seq_logp(model: Any, idx: list[int]) -> torch.Tensor:
-        batch = collate(samples, trainer.pad_id, indices=idx, device=device)
-        logp = trainer._forward(batch, False, model=model)
-        return (logp * (batch.loss_mask > 0)).sum(-1)
+    def pairs_batch(g: list[int]) -> Any:  # the rows of pairs g: chosen, rejected, chosen, ...
+        return collate(samples, trainer.pad_id, indices=[j for i in g for j in (2 * i, 2 * i + 1)], device=device)
 
     # Micro-batches of whole pairs under the token budget.
     per_pair = [len(samples[2 * i]) + len(samples[2 * i + 1]) for i in range(len(pairs))]
@@ -189,7 +192,8 @@ def dpo_update(trainer: Any, pairs: list[StepPair], iteration: int) -> dict[str,
     ref_margin: dict[int, float] = {}
     with torch.no_grad(), trainer.reference.active() as ref_model:
         for g in groups:
-            lp = seq_logp(ref_model, [j for i in g for j in (2 * i, 2 * i + 1)])
+            batch = pairs_batch(g)
+            lp = (ctx.forward(batch, False, model=ref_model) * (batch.loss_mask > 0)).sum(-1)
             for n, i in enumerate(g):
                 ref_margin[i] = float(lp[2 * n] - lp[2 * n + 1])
     rng = np.random.default_rng(derive_seed(cfg.run.seed, iteration, 13))
@@ -204,13 +208,16 @@ def dpo_update(trainer: Any, pairs: list[StepPair], iteration: int) -> dict[str,
             n_pairs = sum(len(g) for g in chunk)
             trainer.optimizer.zero_grad(set_to_none=True)
             for g in chunk:
-                lp = seq_logp(trainer.model, [j for i in g for j in (2 * i, 2 * i + 1)])
-                margin = lp[0::2] - lp[1::2] - torch.tensor([ref_margin[i] for i in g], device=device)
-                loss = -F.logsigmoid(a.dpo_beta * margin).sum() / n_pairs
+                batch = pairs_batch(g)
+                mask = batch.loss_mask > 0
+                micro = MicroBatch(batch=batch, rows=[samples[j] for i in g for j in (2 * i, 2 * i + 1)],
+                                   logprobs=ctx.forward(batch, False), mask=mask, norms={"num_pairs": n_pairs},
+                                   ref_margin=torch.tensor([ref_margin[i] for i in g], device=device))
+                loss, m = trainer.objective(ctx, micro)
                 loss.backward()
-                losses += (-F.logsigmoid(a.dpo_beta * margin.detach())).tolist()
-                accs += (margin.detach() > 0).float().tolist()
-                margins += (a.dpo_beta * margin.detach()).tolist()
+                losses += m["dpo_loss"]
+                accs += m["pref_accuracy"]
+                margins += m["reward_margin"]
             if cfg.optim.max_grad_norm > 0:
                 norms.append(float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)))
             trainer.optimizer.step()
