@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from turngym.agents.base import Memory
+from turngym.agents.engines.base import LocalEngine
 
 CONTEXT_MODES = ("full", "window", "workspace", "summary")
 
@@ -218,7 +219,7 @@ class ChatRenderer:
 
     def __init__(self, engine: Any):
         self.engine = engine
-        self.tokenizer = getattr(engine, "tokenizer", None)
+        self.tokenizer = engine.tokenizer if isinstance(engine, LocalEngine) else None
         if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None) is None:
             self.tokenizer = None
         self.continuations = 0

@@ -17,6 +17,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from turngym.agents.engines.base import check_token_ids
 from turngym.agents.hermes import find_tool_calls
 from turngym.agents.scheduler import ChatTemplateError, JobResult
 from turngym.agents.types import Prompt, SamplingParams
@@ -189,8 +190,11 @@ def parse_prompts(body: dict[str, Any], vocab_size: int | None) -> list[Prompt]:
         raise bad_param("prompt", f"at most {_MAX_PROMPTS_PER_REQUEST} prompts per request, got {len(prompts)}")
     if vocab_size is not None:
         for p in prompts:
-            if isinstance(p, list) and max(p) >= vocab_size:
-                raise bad_param("prompt", f"token id {max(p)} is out of range for a vocabulary of {vocab_size}")
+            if isinstance(p, list):
+                try:
+                    check_token_ids(p, vocab_size, "the served model")
+                except ValueError as exc:
+                    raise bad_param("prompt", str(exc)) from None
     return prompts
 
 

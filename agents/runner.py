@@ -79,6 +79,7 @@ import numpy as np
 
 from turngym.agents.base import is_llm_agent
 from turngym.agents.context import ChatRenderer, PreviousRequest, estimate_tokens
+from turngym.agents.engines.base import context_limit, continuous_batching_off_reason, engine_name
 from turngym.agents.pool import EnvPool, make_env, make_pool
 from turngym.agents.types import Completion, Step, Trajectory, trajectory_to_json
 
@@ -289,17 +290,16 @@ class EpisodeRunner:
         self.max_concurrent = max_concurrent
         self.max_steps = max_steps or _registered_max_steps(env_id) or 100
         self.keep_prompts = keep_prompts
-        self.model_name = model_name if model_name is not None else (getattr(engine, "name", "") if self.llm else "")
+        self.model_name = model_name if model_name is not None else (engine_name(engine) if self.llm else "")
         self.on_trajectory = on_trajectory
         self.on_turn = on_turn
         self.renderer = ChatRenderer(engine) if self.llm else None
         self.streams_actions = self.llm and callable(getattr(agent, "early_action", None))
-        supported = self.llm and callable(getattr(engine, "session", None)) and \
-            getattr(engine, "session_off_reason", None) is None
+        why = continuous_batching_off_reason(engine) if self.llm else "no LLM agent"
+        supported = why is None
         if schedule == "continuous" and not supported:
-            why = getattr(engine, "session_off_reason", None) or "it has no session() (continuous batching)"
             raise ValueError(f"schedule='continuous' needs an engine that batches continuously; "
-                             f"{getattr(engine, 'name', engine)!r} cannot: {why}. Use schedule='lockstep'")
+                             f"{engine_name(engine)!r} cannot: {why}. Use schedule='lockstep'")
         #: "lockstep" or "continuous": what ``schedule`` resolved to for this engine
         self.schedule = "continuous" if supported and schedule != "lockstep" else "lockstep"
         self.deterministic = bool(deterministic)
@@ -411,7 +411,7 @@ class EpisodeRunner:
 
     def _llm_turn(self, live: list[_Episode], pool: EnvPool, stats: RunStats) -> None:
         """Lockstep: one batched ``generate`` for every live episode, then every env step."""
-        max_context = getattr(self.engine, "max_context", None)
+        max_context = context_limit(self.engine)
         requests = [r for r in (self._request(ep, max_context) for ep in live if not ep.done) if r is not None]
         if not requests:
             return
@@ -427,7 +427,7 @@ class EpisodeRunner:
         stats.generate_s += gen_end - t0
         stats.generate_calls += 1
         if len(completions) != len(requests):
-            raise RuntimeError(f"engine {getattr(self.engine, 'name', '')!r} returned {len(completions)} completions "
+            raise RuntimeError(f"engine {engine_name(self.engine)!r} returned {len(completions)} completions "
                                f"for {len(requests)} prompts")
         pending = [self._reply(r, c, gen_end - t0, gen_end, pool, stats) for r, c in zip(requests, completions)]
         wait = time.perf_counter()
@@ -492,7 +492,7 @@ class EpisodeRunner:
         """Continuous batching: an episode's next request joins the engine's running batch as soon as its env
         step is back, instead of waiting for the slowest reply of a lockstep turn (see the module docstring)."""
         session = self.engine.session()
-        max_context = getattr(self.engine, "max_context", None)
+        max_context = context_limit(self.engine)
         requests: dict[int, _Request] = {}  # request id -> request
         busy: set[int] = set()  # slots with a request in the engine or an env step in flight
         stepping: list[tuple[_Episode, Step, str, Future]] = []

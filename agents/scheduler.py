@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from turngym.agents.engines.base import LocalEngine, continuous_batching_off_reason, engine_name
 from turngym.agents.types import Completion, Prompt, SamplingParams
 
 
@@ -90,10 +91,11 @@ class BatchScheduler:
                  continuous: bool | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        can = callable(getattr(engine, "session", None)) and getattr(engine, "session_off_reason", None) is None
+        off_reason = continuous_batching_off_reason(engine)
+        can = off_reason is None
         if continuous and not can:
             raise ValueError(f"continuous batching needs an engine with session() (the hf engine); "
-                             f"{getattr(engine, 'name', engine)!r} has none")
+                             f"{engine_name(engine)!r} cannot: {off_reason}")
         #: requests join the engine's running batch between decode steps (else: one generate per batch)
         self.continuous = can if continuous is None else bool(continuous)
         self.engine = engine
@@ -302,7 +304,6 @@ class BatchScheduler:
 
 def token_texts(engine: Any, ids: list[int]) -> list[str]:
     """Each token's text for OpenAI log-prob entries: the engine's tokenizer, else ``token_id:N``."""
-    tokenizer = getattr(engine, "tokenizer", None)
-    if tokenizer is not None and hasattr(tokenizer, "decode"):
-        return [tokenizer.decode([i]) for i in ids]
+    if isinstance(engine, LocalEngine):
+        return [engine.tokenizer.decode([i]) for i in ids]
     return [f"token_id:{i}" for i in ids]

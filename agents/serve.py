@@ -73,6 +73,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from turngym.agents.engines.base import Engine, LocalEngine, engine_name
 from turngym.agents.openai_protocol import (
     DEFAULT_CHAT_MAX_TOKENS,
     STREAM_END,
@@ -101,18 +102,6 @@ from turngym.http_server import ServerThread as _ServerThread
 # ---- the app ---------------------------------------------------------------------------------
 
 
-def _vocab_size(engine: Any) -> int | None:
-    config = getattr(getattr(engine, "model", None), "config", None)
-    size = getattr(config, "vocab_size", None)
-    if isinstance(size, int):
-        return size
-    tokenizer = getattr(engine, "tokenizer", None)
-    try:
-        return len(tokenizer) if tokenizer is not None else None
-    except TypeError:
-        return None
-
-
 def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: int = 32,
                batch_wait_ms: float = 10.0, api_key: str | None = None,
                default_chat_max_tokens: int = DEFAULT_CHAT_MAX_TOKENS, continuous: bool | None = None) -> Any:
@@ -138,11 +127,11 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    served = model_name or getattr(engine, "name", None) or "turngym"
+    served = model_name or (engine_name(engine) if isinstance(engine, Engine) else "turngym")
     scheduler = BatchScheduler(engine, max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000,
                                continuous=continuous)
     created = int(time.time())
-    vocab_size = _vocab_size(engine)
+    vocab_size = engine.vocab_size if isinstance(engine, LocalEngine) else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
@@ -321,12 +310,8 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
         elif isinstance(body.get("prompt"), str):
             prompt = body["prompt"]
             # the engine's own rule for text prompts (HFEngine.encode_text adds its BOS) beats the bare tokenizer
-            tokenize = getattr(engine, "encode_text", None) or getattr(engine, "tokenize", None)
-            tokenizer = getattr(engine, "tokenizer", None)
-            if tokenize is not None:
-                fn = lambda: tokenize(prompt)
-            elif tokenizer is not None:
-                fn = lambda: tokenizer.encode(prompt)
+            if isinstance(engine, LocalEngine):
+                fn = lambda: engine.encode_text(prompt)
             else:
                 raise APIError(400, f"the engine {served!r} has no tokenizer", param="prompt")
         else:

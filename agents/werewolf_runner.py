@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from turngym.agents.engines.base import context_limit, engine_name
 from turngym.agents.runner import RunStats
 from turngym.agents.types import SamplingParams, Step, Trajectory
 from turngym.errors import TurngymError
@@ -232,7 +233,7 @@ class WerewolfRunner:
         self.llm = llm or WerewolfLLMPolicy()
         self.max_concurrent = max(1, int(max_concurrent))
         self.record_bots = record_bots
-        self.model_name = model_name or getattr(engine, "name", "")
+        self.model_name = model_name or (engine_name(engine) if engine is not None else "")
         self.on_game = on_game
         self.bots = {"rule": make_bot("rule"), "random": make_bot("random")}
 
@@ -282,7 +283,7 @@ class WerewolfRunner:
                     pending_steps[i][p] = step
             if requests:
                 prompts, samplings = [], []
-                limit = getattr(self.engine, "max_context", None)
+                limit = context_limit(self.engine)
                 for r, (i, p, messages) in enumerate(requests):
                     prompt = self.engine.render(messages)
                     if limit and _is_ids(prompt) and len(prompt) + self.llm.sampling.max_tokens > limit:

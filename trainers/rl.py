@@ -68,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from turngym.agents.engines.base import InProcessEngine, WeightSyncEngine
 from turngym.agents.runner import EpisodeRunner, RunStats, derive_seed, plan_episodes
 from turngym.agents.types import Trajectory
 from turngym.errors import TurngymError
@@ -248,12 +249,10 @@ class RLTrainer:
         """Make the engine sample from the current weights."""
         self.weights_version += 1
         engine = self.engine
-        if getattr(engine, "model", None) is self.model:
-            hook = getattr(engine, "clear_prefix_cache", None)  # drop KV computed with the old weights
-            if callable(hook):
-                hook()
+        if isinstance(engine, InProcessEngine) and engine.model is self.model:
+            engine.clear_prefix_cache()  # drop KV computed with the old weights
             return
-        if hasattr(engine, "update_weights"):
+        if isinstance(engine, WeightSyncEngine):
             from turngym.trainers.model import is_peft
 
             model = self.model

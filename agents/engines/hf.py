@@ -239,6 +239,11 @@ class HFEngine:
         """Prompt ids for chat ``messages`` (see :class:`~turngym.agents.engines.prompts.PromptEncoder`)."""
         return self._prompts.render(messages, tools)
 
+    @property
+    def vocab_size(self) -> int:
+        """Size of the model's vocabulary (prompt token ids must be below it)."""
+        return self._prompts.vocab_size
+
     def encode_text(self, text: str) -> list[int]:
         """Token ids of a raw text prompt (BOS added once, never EOS)."""
         return self._prompts.encode_text(text)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from turngym.agents.engines.base import check_token_ids
 from turngym.agents.types import Prompt
 
 
@@ -69,12 +70,4 @@ class PromptEncoder:
             raise ValueError("empty prompt: pass text, token ids or chat messages")
         if isinstance(prompt[0], Mapping):
             return self.render(prompt)
-        ids = []
-        for i in prompt:
-            if isinstance(i, bool) or not isinstance(i, int) and not hasattr(i, "__index__"):
-                raise ValueError(f"a prompt must be text, token ids or chat messages; got an item {i!r}")
-            i = int(i)
-            if not 0 <= i < self.vocab_size:
-                raise ValueError(f"token id {i} is outside the vocabulary of {self.name} (size {self.vocab_size})")
-            ids.append(i)
-        return ids
+        return check_token_ids(prompt, self.vocab_size, self.name)
