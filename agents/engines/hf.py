@@ -79,7 +79,7 @@ from turngym.agents.engines.prefix_cache import (
     PrefixKVCache,
     weights_fingerprint,
 )
-from turngym.agents.engines.prompts import PromptEncoder
+from turngym.agents.engines.prompts import LocalPrompts, PromptEncoder
 from turngym.agents.engines.sampling import Row, advance, choose, request_generator
 from turngym.agents.types import Completion, Prompt, SamplingParams
 from turngym.errors import require
@@ -107,7 +107,7 @@ class _Batch:
 
 
 
-class HFEngine:
+class HFEngine(LocalPrompts):
     """Batched generation with a transformers causal LM (see the module docstring).
 
     Args:
@@ -235,22 +235,6 @@ class HFEngine:
 
     # -- prompts ---------------------------------------------------------------------------------------------
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
-        """Prompt ids for chat ``messages`` (see :class:`~turngym.agents.engines.prompts.PromptEncoder`)."""
-        return self._prompts.render(messages, tools)
-
-    @property
-    def vocab_size(self) -> int:
-        """Size of the model's vocabulary (prompt token ids must be below it)."""
-        return self._prompts.vocab_size
-
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids of a raw text prompt (BOS added once, never EOS)."""
-        return self._prompts.encode_text(text)
-
-    def prompt_ids(self, prompt: Prompt) -> list[int]:
-        """The ids a prompt (text, token ids, or chat messages) is generated from."""
-        return self._prompts.prompt_ids(prompt)
 
     # -- generation ------------------------------------------------------------------------------------------
 

@@ -71,3 +71,26 @@ class PromptEncoder:
         if isinstance(prompt[0], Mapping):
             return self.render(prompt)
         return check_token_ids(prompt, self.vocab_size, self.name)
+
+
+class LocalPrompts:
+    """The prompt methods of a local engine (hf, vllm), delegated to its ``PromptEncoder`` (``self._prompts``)."""
+
+    _prompts: PromptEncoder
+
+    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """Prompt ids for chat ``messages`` (see :class:`~turngym.agents.engines.prompts.PromptEncoder`)."""
+        return self._prompts.render(messages, tools)
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the model's vocabulary (prompt token ids must be below it)."""
+        return self._prompts.vocab_size
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of a raw text prompt (BOS added once, never EOS)."""
+        return self._prompts.encode_text(text)
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """The ids a prompt (text, token ids, or chat messages) is generated from."""
+        return self._prompts.prompt_ids(prompt)

@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from turngym.agents.engines.base import OnText, per_prompt_sampling
-from turngym.agents.engines.prompts import PromptEncoder
+from turngym.agents.engines.prompts import LocalPrompts, PromptEncoder
 from turngym.agents.types import Completion, Prompt, SamplingParams
 from turngym.errors import MissingDependencyError, TurngymError
 
@@ -148,7 +148,7 @@ def _resolve_model(model: str | os.PathLike, progress: bool) -> Path:
     return Path(resolve_model(model, progress=progress))
 
 
-class VLLMEngine:
+class VLLMEngine(LocalPrompts):
     """Batched generation on vLLM (see the module docstring).
 
     Args:
@@ -206,22 +206,6 @@ class VLLMEngine:
     # -- prompts ---------------------------------------------------------------------------------------------
 
 
-    def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
-        """Prompt ids for chat ``messages`` (see :class:`~turngym.agents.engines.prompts.PromptEncoder`)."""
-        return self._prompts.render(messages, tools)
-
-    @property
-    def vocab_size(self) -> int:
-        """Size of the model's vocabulary (prompt token ids must be below it)."""
-        return self._prompts.vocab_size
-
-    def encode_text(self, text: str) -> list[int]:
-        """Token ids of a raw text prompt (BOS added once, never EOS)."""
-        return self._prompts.encode_text(text)
-
-    def prompt_ids(self, prompt: Prompt) -> list[int]:
-        """The ids a prompt (text, token ids, or chat messages) is generated from."""
-        return self._prompts.prompt_ids(prompt)
 
     # -- generation ------------------------------------------------------------------------------------------
 
