@@ -23,30 +23,21 @@ Two kinds of agents:
 Both kinds get ``start`` (a fresh memory from the first observation) and
 ``observe`` (append the env's answer to the memory).
 
-:func:`make_agent` builds any agent by name (``react``, ``p-react``,
-``tool``, ``oracle``, ``random``).
+:func:`turngym.agents.factory.make_agent` builds any agent by name
+(``react``, ``p-react``, ``tool``, ``chat``, ``oracle``, ``random``); it
+lives there, not here, because it imports the concrete agents, which import
+this module.
 
 This module depends on :mod:`turngym.agents.types` only.
 """
 
 from __future__ import annotations
 
-import difflib
 import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from turngym.agents.types import Completion, SamplingParams
-
-#: Every agent :func:`make_agent` knows, with a one-line description.
-AGENTS: dict[str, str] = {
-    "react": "ReAct: 'Thought:' then 'Action:' each turn, few-shot exemplars, last-k-turns window",
-    "p-react": "P-ReAct: <action>...</action> first, reasoning after; the env runs while the model reasons",
-    "tool": "tool-calling: env actions as JSON tool schemas (chat template tools=), results as tool messages",
-    "oracle": "the env's oracle_action() (an expert; wins every solvable task)",
-    "random": "a uniformly random admissible action each turn (seeded per episode)",
-    "chat": "plain chat: the observation is the user message, the whole reply is the action (no format)",
-}
 
 
 @dataclass
@@ -203,42 +194,3 @@ def record_turn(memory: Memory, action: str, observation: str, reward: float, in
     memory.pending_response = ""
     memory.observation = observation
     memory.info = dict(info)
-
-
-def make_agent(name: str, env_id: str | None = None, **options: Any) -> Any:
-    """Build an agent by name for an env (the env picks the few-shot exemplars and tool schemas).
-
-    Options go to the agent's constructor (e.g. ``context="workspace"``,
-    ``window=4``, ``temperature=0.7``, ``max_tokens=160``).
-    """
-    key = name.strip().lower().replace("_", "-")
-    key = {"preact": "p-react", "tool-calling": "tool", "tools": "tool"}.get(key, key)
-    if key == "react":
-        from turngym.agents.react import ReActAgent
-
-        return ReActAgent(env_id=env_id, **options)
-    if key == "p-react":
-        from turngym.agents.preact import PReActAgent
-
-        return PReActAgent(env_id=env_id, **options)
-    if key == "tool":
-        from turngym.agents.tool_calling import ToolCallingAgent
-
-        return ToolCallingAgent(env_id=env_id, **options)
-    if key in ("chat", "plain"):
-        from turngym.agents.chat import ChatAgent
-
-        return ChatAgent(env_id=env_id, **options)
-    if key == "oracle":
-        from turngym.agents.baselines import OracleAgent
-
-        return OracleAgent(**options)
-    if key == "random":
-        from turngym.agents.baselines import RandomAgent
-
-        return RandomAgent(**options)
-    close = difflib.get_close_matches(key, list(AGENTS), n=1, cutoff=0.4)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    from turngym.errors import TurngymError
-
-    raise TurngymError(f"unknown agent {name!r}{hint} (known: {', '.join(AGENTS)})")

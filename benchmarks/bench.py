@@ -28,7 +28,9 @@ Evals", arXiv 2602.07150: a single run is not a result):
   into generate / env (waiting on envs) / other (agent, rendering).
 
 Episodes whose env failed (``Trajectory.error``) are missing data: they are
-counted and reported, never scored as failures.
+counted and reported, never scored as failures. Success, interval, reward,
+turns and env errors come from :func:`turngym.agents.evaluation.eval_record`,
+the record the trainers' evaluations build too.
 
 Outputs (``--out DIR``, default ``results/bench-<time>``): ``summary.json``
 (configuration, versions, every row's statistics) and one JSONL file of
@@ -53,11 +55,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from turngym.agents.evaluation import eval_record, pass_at_k, pass_hat_k
 from turngym.files import write_text_atomic
 from turngym.keyvalue import parse_key_values
-
-#: z for a two-sided 95% interval.
-Z95 = 1.959963984540054
 
 MODEL_OPTIONS = {
     "default": "the embedded SmolLM2-135M-Instruct on transformers (converted once, then offline)",
@@ -71,8 +71,8 @@ MODEL_OPTIONS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from turngym.agents.base import AGENTS
     from turngym.agents.context import CONTEXT_MODES
+    from turngym.agents.factory import AGENTS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = ("examples:\n"
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     envs = [check_env_id(e) for e in args.env]
     agents = args.agent or ["react"]
     models = args.model or ["default"]
-    from turngym.agents.base import make_agent
+    from turngym.agents.factory import make_agent
 
     for env_id in envs:  # fail on a bad agent name before loading any model
         for name in agents:
@@ -182,8 +182,8 @@ def print_listing() -> None:
     import gymnasium as gym
 
     import turngym
-    from turngym.agents.base import AGENTS
     from turngym.agents.context import CONTEXT_MODES
+    from turngym.agents.factory import AGENTS
 
     entries = turngym.registry()
     print("envs:")
@@ -318,38 +318,11 @@ class _progress:
 # ---- statistics --------------------------------------------------------------------------------------
 
 
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (0..1); (0, 1) when n == 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if successes == 0 else max(0.0, center - half)
-    hi = 1.0 if successes == n else min(1.0, center + half)
-    return lo, hi
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one task with c successes in n runs (Chen et al., 2021)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def pass_hat_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass^k of one task (all k of k runs succeed): C(c, k) / C(n, k)."""
-    return math.comb(c, k) / math.comb(n, k) if n >= k else float("nan")
-
-
 def summarize(trajectories: Sequence[Any], stats: dict[str, Any], seeds: Sequence[int] = (0,),
               runs_per_task: int = 1) -> dict[str, Any]:
     """The statistics of one (env, agent, model) run (see the module docstring)."""
+    rec = eval_record(trajectories, seconds=stats.get("wall_s", 0.0))  # success, CI, reward, turns, env errors
     ok = [t for t in trajectories if t.error is None]
-    errors = [t for t in trajectories if t.error is not None]
-    n, wins = len(ok), sum(bool(t.won) for t in ok)
-    lo, hi = wilson_interval(wins, n)
     per_seed: dict[int, list[bool]] = defaultdict(list)
     for t in ok:
         per_seed[t.meta.get("plan_seed", 0)].append(bool(t.won))
@@ -361,19 +334,19 @@ def summarize(trajectories: Sequence[Any], stats: dict[str, Any], seeds: Sequenc
     invalid = sum(1 for s in acted if not s.action_valid)
     format_fail = sum(1 for s in acted if s.info.get("format_ok") is False)
     row: dict[str, Any] = {
-        "episodes": n,
-        "errors": len(errors),
-        "error_examples": sorted({t.error for t in errors})[:3],
-        "successes": wins,
-        "success_rate": wins / n if n else float("nan"),
-        "ci95": [lo, hi],
+        "episodes": rec.episodes,
+        "errors": rec.env_errors,
+        "error_examples": rec.error_examples,
+        "successes": rec.successes,
+        "success_rate": rec.success_rate,
+        "ci95": [rec.ci_low, rec.ci_high],
         "ci_method": "wilson",
         "seeds": list(seeds),
         "success_by_seed": seed_rates,
         "seed_mean": mean_seed,
         "seed_sd": sd_seed,
-        "mean_reward": sum(t.total_reward for t in ok) / n if n else float("nan"),
-        "mean_turns": sum(t.meta.get("env_steps", t.num_turns) for t in ok) / n if n else float("nan"),
+        "mean_reward": rec.reward_mean,
+        "mean_turns": rec.turns_mean,
         "invalid_action_rate": invalid / len(acted) if acted else float("nan"),
         "format_failure_rate": format_fail / len(acted) if acted else float("nan"),
         "env_steps": stats.get("env_steps", 0),

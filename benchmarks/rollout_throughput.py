@@ -55,8 +55,8 @@ from typing import Any
 
 import gymnasium as gym
 
-from turngym.agents.base import make_agent
 from turngym.agents.engines.base import per_prompt_sampling
+from turngym.agents.factory import make_agent
 from turngym.agents.pool import make_env
 from turngym.agents.runner import EpisodeRunner, plan_episodes
 from turngym.agents.types import Completion

@@ -25,7 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from turngym.benchmarks.bench import _load_engine, _pct, _write_summary, wilson_interval
+from turngym.agents.evaluation import wilson_interval
+from turngym.benchmarks.bench import _load_engine, _pct, _write_summary
 from turngym.keyvalue import parse_key_values
 
 

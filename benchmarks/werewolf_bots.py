@@ -16,7 +16,7 @@ import math
 import time
 from typing import Any
 
-from turngym.benchmarks.bench import Z95, wilson_interval
+from turngym.agents.evaluation import Z95, wilson_interval
 
 
 def measure(preset: str, games: int, village: str, wolves: str = "rule") -> dict[str, Any]:

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
+from turngym.agents.evaluation import pass_at_k, pass_hat_k, wilson_interval
 from turngym.agents.types import load_trajectories
-from turngym.benchmarks.bench import format_table, pass_at_k, pass_hat_k, summarize, wilson_interval
+from turngym.benchmarks.bench import format_table, summarize
 from turngym.cli import main
 
 G24 = "turngym/Game24-v0"

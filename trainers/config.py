@@ -346,10 +346,9 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # names agents.engines.device resolves
 OLD_LOGPROBS = ("recompute", "engine")
 SEQ_UNITS = ("sample", "step")
-#: The LLM agents a trainer can train (make_agent also builds the oracle and random baselines), and
-#: make_agent's other spellings of them.
+#: The LLM agents a trainer can train (make_agent also builds the oracle and random baselines); other
+#: spellings are resolved by agents.factory.agent_key.
 TRAINABLE_AGENTS = ("react", "p-react", "tool", "chat")
-_AGENT_ALIASES = {"preact": "p-react", "tool-calling": "tool", "tools": "tool", "plain": "chat"}
 #: Other codebases' names of estimator hyper-parameters (verl-agent calls GiGPO's omega step_advantage_w).
 _HPARAM_ALIASES = {"step_weight": "omega", "step_advantage_w": "omega"}
 
@@ -407,8 +406,10 @@ def _check_env(env: EnvConfig, eval_tasks: int) -> bool:
 
 def _check_agent(a: AgentConfig, env_id: str) -> None:
     """The agent's name, and its options by building it (what the trainer does later)."""
+    from turngym.agents.factory import agent_key, make_agent
+
     name = a.name.strip().lower().replace("_", "-")
-    if _AGENT_ALIASES.get(name, name) not in TRAINABLE_AGENTS:
+    if agent_key(name) not in TRAINABLE_AGENTS:
         close = difflib.get_close_matches(name, list(TRAINABLE_AGENTS), n=1, cutoff=0.4)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"agent.name={a.name!r} is not one of {', '.join(TRAINABLE_AGENTS)}{hint}")
@@ -416,8 +417,6 @@ def _check_agent(a: AgentConfig, env_id: str) -> None:
     _at_least("agent.temperature", a.temperature, 0)
     if not 0 < a.top_p <= 1:
         raise ConfigError(f"agent.top_p={a.top_p!r} must be in (0, 1]")
-    from turngym.agents.base import make_agent
-
     try:
         make_agent(a.name, env_id, temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_tokens, **a.options)
     except TypeError as exc:  # an option the agent's constructor does not take

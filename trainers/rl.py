@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from turngym.agents.engines.base import InProcessEngine, WeightSyncEngine
+from turngym.agents.evaluation import eval_record
 from turngym.agents.runner import EpisodeRunner, RunStats, derive_seed, plan_episodes
 from turngym.agents.types import Trajectory
 from turngym.errors import TurngymError
@@ -84,16 +85,6 @@ from turngym.trainers.runlog import (
     set_rng_state,
 )
 from turngym.trainers.selfplay import is_multi_agent, selfplay_evaluate, selfplay_rollout
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
 
 
 def distinct_successful_plans(trajectories: list[Trajectory]) -> float:
@@ -239,7 +230,7 @@ class RLTrainer:
         return engine
 
     def _make_agent(self, temperature: float):
-        from turngym.agents.base import make_agent
+        from turngym.agents.factory import make_agent
 
         a = self.cfg.agent
         return make_agent(a.name, self.cfg.env.id, temperature=temperature, top_p=a.top_p, max_tokens=a.max_tokens,
@@ -531,11 +522,8 @@ class RLTrainer:
         if is_multi_agent(cfg.env.id):
             t0 = time.perf_counter()
             lineup, seats, games = selfplay_evaluate(cfg, self.engine, n)
-            wins = sum(t.won for t in seats)
-            lo, hi = wilson_interval(wins, len(seats))
-            record = {"kind": "eval", "iteration": self.iteration_done, "split": lineup, "episodes": len(seats),
-                      "games": games, "success_rate": wins / len(seats) if seats else 0.0, "ci_low": lo,
-                      "ci_high": hi, "time_eval": time.perf_counter() - t0}
+            rec = eval_record(seats, split=lineup, seconds=time.perf_counter() - t0)
+            record = {"kind": "eval", "iteration": self.iteration_done, **rec.to_dict(), "games": games}
             self.log.write(record)
             return record
         specs = plan_episodes(cfg.env.id, split=split, num_tasks=n, group_size=1, seed=derive_seed(cfg.run.seed, 99991),
@@ -545,14 +533,9 @@ class RLTrainer:
                                max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None,
                                schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic)
         t0 = time.perf_counter()
-        trajs = [t for t in runner.run(specs).trajectories if t.error is None]
-        wins = sum(t.won for t in trajs)
-        lo, hi = wilson_interval(wins, len(trajs))
-        record = {"kind": "eval", "iteration": self.iteration_done, "split": split, "episodes": len(trajs),
-                  "success_rate": wins / len(trajs) if trajs else 0.0, "ci_low": lo, "ci_high": hi,
-                  "reward_mean": float(np.mean([t.total_reward for t in trajs])) if trajs else 0.0,
-                  "turns_mean": float(np.mean([t.num_turns for t in trajs])) if trajs else 0.0,
-                  "time_eval": time.perf_counter() - t0}
+        trajs = runner.run(specs).trajectories
+        rec = eval_record(trajs, split=split, seconds=time.perf_counter() - t0)
+        record = {"kind": "eval", "iteration": self.iteration_done, **rec.to_dict()}
         self.log.write(record)
         return record
 

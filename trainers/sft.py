@@ -99,8 +99,8 @@ class SFTTrainer:
     def __init__(self, config: SFTConfig, *, model: Any = None, tokenizer: Any = None):
         import torch
 
-        from turngym.agents.base import make_agent
         from turngym.agents.engines.hf import HFEngine
+        from turngym.agents.factory import make_agent
 
         self.cfg = cfg = config
         if cfg.run.threads:
@@ -193,18 +193,19 @@ class SFTTrainer:
         return result
 
     def evaluate(self, iteration: int) -> dict[str, Any]:
+        """Success on ``env.eval_split`` (one rollout per task at ``run.eval_temperature``): the RL trainer's
+        eval record (:class:`~turngym.agents.evaluation.EvalRecord`), logged as kind=eval."""
+        from turngym.agents.evaluation import eval_record
         from turngym.agents.runner import EpisodeRunner
-        from turngym.trainers.rl import wilson_interval
 
         cfg = self.cfg
         specs = plan_episodes(cfg.env.id, split=cfg.env.eval_split, num_tasks=cfg.run.eval_tasks, group_size=1,
                               seed=derive_seed(cfg.run.seed, 99991), env_kwargs=cfg.env.kwargs)
         runner = EpisodeRunner(cfg.env.id, self.agent_factory(cfg.run.eval_temperature), self.engine,
                                env_kwargs=cfg.env.kwargs, max_steps=cfg.env.max_steps or None)
-        trajs = [t for t in runner.run(specs).trajectories if t.error is None]
-        wins = sum(t.won for t in trajs)
-        lo, hi = wilson_interval(wins, len(trajs))
-        record = {"kind": "eval", "iteration": iteration, "episodes": len(trajs),
-                  "success_rate": wins / max(1, len(trajs)), "ci_low": lo, "ci_high": hi}
+        t0 = time.perf_counter()
+        trajs = runner.run(specs).trajectories
+        rec = eval_record(trajs, split=cfg.env.eval_split, seconds=time.perf_counter() - t0)
+        record = {"kind": "eval", "iteration": iteration, **rec.to_dict()}
         self.log.write(record)
         return record

@@ -7,10 +7,11 @@ import json
 import pytest
 
 import turngym
-from turngym.agents.base import AgentTurn, Decision, Memory, make_agent, new_memory
+from turngym.agents.base import AgentTurn, Decision, Memory, new_memory
 from turngym.agents.context import SUMMARY_REQUEST, ChatRenderer, ContextConfig, PreviousRequest, build_messages
 from turngym.agents.engines import ScriptedEngine
 from turngym.agents.exemplars import exemplars_for
+from turngym.agents.factory import make_agent
 from turngym.agents.preact import PReActAgent
 from turngym.agents.react import ReActAgent
 from turngym.agents.tool_calling import ToolCallingAgent, action_to_call, find_tool_calls, toolset_for
@@ -363,6 +364,30 @@ def test_make_agent_builds_every_agent_and_names_unknown_ones():
     assert make_agent("oracle").env_query(None) == "oracle_action"
     with pytest.raises(TurngymError, match="did you mean 'react'"):
         make_agent("reactt", G24)
+
+
+def test_every_listed_agent_builds_and_every_spelling_resolves():
+    from turngym.agents.factory import AGENTS, agent_key
+
+    for name in AGENTS:
+        assert agent_key(name) == name and make_agent(name, G24) is not None
+    for spelling, key in [("P_ReAct", "p-react"), ("preact", "p-react"), ("tool_calling", "tool"), ("tools", "tool"),
+                          ("plain", "chat"), (" Oracle ", "oracle"), ("reactt", "reactt")]:
+        assert agent_key(spelling) == key
+
+
+def test_the_protocol_module_imports_no_agent():
+    """base.py defines the protocols; the factory (which imports every agent) lives apart: no import cycle."""
+    import ast
+    from pathlib import Path
+
+    from turngym.agents import base
+
+    tree = ast.parse(Path(base.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m.startswith("turngym.")} == {"turngym.agents.types"}
+    assert not hasattr(base, "make_agent")
 
 
 def test_random_agent_is_seeded_per_episode():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from turngym.agents.base import make_agent
+from turngym.agents.factory import make_agent
 from turngym.agents.types import Completion
 
 

@@ -15,9 +15,9 @@ from functools import partial
 import gymnasium as gym
 import pytest
 
-from turngym.agents.base import make_agent
 from turngym.agents.engines import ScriptedEngine
 from turngym.agents.engines.hf import HFEngine
+from turngym.agents.factory import make_agent
 from turngym.agents.pool import make_env
 from turngym.agents.runner import EpisodeRunner, plan_episodes
 from turngym.agents.types import SamplingParams

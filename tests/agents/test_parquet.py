@@ -75,7 +75,7 @@ def test_columns_are_typed_for_arrow_tools(tmp_path):
 
 def test_runner_trajectories_round_trip(tmp_path):
     pytest.importorskip("pyarrow")
-    from turngym.agents.base import make_agent
+    from turngym.agents.factory import make_agent
     from turngym.agents.runner import plan_episodes, run_episodes
 
     env_id = "turngym/Game24-v0"

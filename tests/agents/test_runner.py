@@ -12,9 +12,9 @@ import gymnasium as gym
 import pytest
 
 import turngym
-from turngym.agents.base import make_agent
 from turngym.agents.engines import ScriptedEngine
 from turngym.agents.engines.base import per_prompt_sampling
+from turngym.agents.factory import make_agent
 from turngym.agents.pool import ProcessEnvPool, ThreadEnvPool, make_env
 from turngym.agents.runner import EpisodeRunner, EpisodeSpec, derive_seed, plan_episodes, run_episodes
 from turngym.agents.types import Completion, load_trajectories, save_trajectories

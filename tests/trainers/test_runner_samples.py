@@ -27,7 +27,7 @@ def long_engine(tiny_tokenizer, make_tiny_model):
 
 
 def run(engine, context, **agent_kw):
-    from turngym.agents.base import make_agent
+    from turngym.agents.factory import make_agent
     from turngym.agents.runner import EpisodeRunner, plan_episodes
 
     agent = make_agent("react", G24, context=context, num_exemplars=0, **agent_kw)
@@ -70,8 +70,8 @@ def test_summary_context_splits_where_the_prompt_restarts(long_engine):
 @pytest.mark.slow
 def test_smollm2_rollouts_train_in_context_with_matching_logprobs(torch):
     """The real thing: SmolLM2-135M-Instruct plays BlocksWorld with full context; recomputation matches."""
-    from turngym.agents.base import make_agent
     from turngym.agents.engines.hf import HFEngine
+    from turngym.agents.factory import make_agent
     from turngym.agents.runner import EpisodeRunner, plan_episodes
 
     torch.set_num_threads(2)
