@@ -21,10 +21,13 @@ Edge cases, decided once:
 * ``pass_at_k``/``pass_hat_k`` with n < k are NaN: no unbiased estimator
   exists from fewer than k runs (``C(n, k) = 0``); callers keep only tasks
   with at least k runs.
-* Episodes whose env failed (``Trajectory.error``) are missing data, not
-  failures: the record counts them in ``env_errors`` and scores the others.
-  With no scored episode, the rate and the means are NaN and the interval is
-  (0, 1).
+* Episodes whose env failed (``Trajectory.error``) count as attempted and
+  not won: the success rate is over every attempted episode, so an env that
+  crashes on the hard tasks cannot inflate it, and ``env_errors`` shows how
+  many there were beside it (with ``error_examples``). Reward and turn means
+  are over the episodes that finished (a crash has neither). With no episode,
+  the rate is NaN and the interval (0, 1); with no finished one, the means
+  are NaN.
 * Bad counts (negative, successes > n, k < 1) raise ``ValueError``.
 
 Depends on nothing of ours: the episodes are read by attribute (``won``,
@@ -94,12 +97,12 @@ class EvalRecord:
 
     Attributes:
         split: what was evaluated: the task split, or the Werewolf lineup.
-        episodes: scored episodes (env errors excluded).
-        successes: scored episodes won.
-        success_rate: ``successes / episodes`` (NaN when nothing was scored).
+        episodes: attempted episodes (env errors included).
+        successes: episodes won.
+        success_rate: ``successes / episodes``: an env error counts as not won (NaN with no episode).
         ci_low, ci_high: the 95% Wilson interval of the success rate.
-        reward_mean: mean total reward of the scored episodes (NaN when none).
-        turns_mean: mean env steps of the scored episodes (memory-only turns,
+        reward_mean: mean total reward of the finished episodes (NaN when none).
+        turns_mean: mean env steps of the finished episodes (memory-only turns,
             e.g. summaries, not counted; NaN when none).
         env_errors: episodes whose env failed (missing data, not failures).
         error_examples: up to three distinct env error messages.
@@ -132,13 +135,13 @@ def eval_record(trajectories: Iterable[Any], *, split: str = "", seconds: float 
     trajectories = list(trajectories)
     scored = [t for t in trajectories if t.error is None]
     failed = [t for t in trajectories if t.error is not None]
-    n, wins = len(scored), sum(bool(t.won) for t in scored)
+    n, wins, done = len(trajectories), sum(bool(t.won) for t in scored), len(scored)
     lo, hi = wilson_interval(wins, n)
     nan = float("nan")
     return EvalRecord(
         split=split, episodes=n, successes=wins, success_rate=wins / n if n else nan, ci_low=lo, ci_high=hi,
-        reward_mean=sum(float(t.total_reward) for t in scored) / n if n else nan,
-        turns_mean=sum(env_steps(t) for t in scored) / n if n else nan,
+        reward_mean=sum(float(t.total_reward) for t in scored) / done if done else nan,
+        turns_mean=sum(env_steps(t) for t in scored) / done if done else nan,
         env_errors=len(failed), error_examples=sorted({str(t.error) for t in failed})[:3], time_eval=float(seconds))
 
 

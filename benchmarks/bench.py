@@ -27,8 +27,9 @@ Evals", arXiv 2602.07150: a single run is not a result):
   tokens/s and env steps/s over the run's wall clock, and the wall time split
   into generate / env (waiting on envs) / other (agent, rendering).
 
-Episodes whose env failed (``Trajectory.error``) are missing data: they are
-counted and reported, never scored as failures. Success, interval, reward,
+Episodes whose env failed (``Trajectory.error``) count as attempted and not
+won (an env that crashes on hard tasks cannot inflate success), and their
+number is shown beside success (``err``). Success, interval, reward,
 turns and env errors come from :func:`turngym.agents.evaluation.eval_record`,
 the record the trainers' evaluations build too.
 
@@ -324,8 +325,8 @@ def summarize(trajectories: Sequence[Any], stats: dict[str, Any], seeds: Sequenc
     rec = eval_record(trajectories, seconds=stats.get("wall_s", 0.0))  # success, CI, reward, turns, env errors
     ok = [t for t in trajectories if t.error is None]
     per_seed: dict[int, list[bool]] = defaultdict(list)
-    for t in ok:
-        per_seed[t.meta.get("plan_seed", 0)].append(bool(t.won))
+    for t in trajectories:  # attempted episodes, as the record's success rate
+        per_seed[t.meta.get("plan_seed", 0)].append(bool(t.won) and t.error is None)
     seed_rates = [sum(v) / len(v) for _, v in sorted(per_seed.items()) if v]
     mean_seed = sum(seed_rates) / len(seed_rates) if seed_rates else float("nan")
     sd_seed = (math.sqrt(sum((r - mean_seed) ** 2 for r in seed_rates) / (len(seed_rates) - 1))
@@ -411,7 +412,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
            "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in lines]
     seeds = rows[0]["seeds"] if rows else []
-    out.append(f"n = episodes over {len(seeds)} seed(s) (env errors excluded, counted in err); CI: Wilson 95%; "
+    out.append(f"n = episodes over {len(seeds)} seed(s) (env errors included as not won, counted in err); CI: Wilson 95%; "
                "seed sd: spread of per-seed success (needs >= 2 seeds); * = interrupted")
     return "\n".join(out)
 

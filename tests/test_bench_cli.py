@@ -86,7 +86,8 @@ def test_pass_at_k_and_pass_hat_k():
     assert math.isclose(pass_hat_k(4, 2, 2), 1 / 6) and pass_hat_k(4, 4, 2) == 1.0
 
 
-def test_summary_excludes_env_errors_and_reports_the_seed_spread():
+def test_summary_counts_env_errors_as_attempted_and_reports_the_seed_spread():
+    """Issue 17: an env error is an attempted episode not won (shown in `errors`), so crashes cannot inflate success."""
     from turngym.agents.types import Step, Trajectory
 
     def traj(won, seed, error=None, valid=True):
@@ -96,11 +97,11 @@ def test_summary_excludes_env_errors_and_reports_the_seed_spread():
 
     trajs = [traj(True, 0), traj(False, 0, valid=False), traj(True, 1), traj(True, 1), traj(False, 1, error="boom")]
     row = summarize(trajs, {"wall_s": 2.0, "env_steps": 4, "env_steps_per_s": 2.0}, seeds=[0, 1])
-    assert row["episodes"] == 4 and row["errors"] == 1 and row["successes"] == 3
-    assert row["success_by_seed"] == [0.5, 1.0] and math.isclose(row["seed_sd"], math.sqrt(0.125))
+    assert row["episodes"] == 5 and row["errors"] == 1 and row["successes"] == 3
+    assert row["success_by_seed"] == [0.5, 2 / 3] and math.isclose(row["seed_sd"], math.sqrt(2 * (1 / 12) ** 2))
     assert math.isclose(row["invalid_action_rate"], 0.25)
     row.update(env=G24, agent="x", model="-")
-    assert "75.0 [" in format_table([row])
+    assert "60.0 [" in format_table([row])
 
 
 @pytest.mark.slow

@@ -102,12 +102,13 @@ def _traj(won: bool, reward: float = 0.0, env_steps: int = 2, error: str | None 
                       meta={"env_steps": env_steps})
 
 
-def test_eval_record_scores_episodes_and_counts_env_errors():
+def test_eval_record_scores_attempted_episodes_and_shows_env_errors():
+    """Issue 17: an env that crashes on hard tasks must not inflate success: crashes are attempted, not won."""
     trajs = [_traj(True, 1.0, 2), _traj(False, 0.0, 4, summaries=3), _traj(True, 1.0, 3), _traj(False, error="boom"),
              _traj(False, error="boom"), _traj(False, error="dead server")]
     rec = eval_record(trajs, split="test", seconds=1.5)
-    lo, hi = wilson_interval(2, 3)
-    assert rec == EvalRecord(split="test", episodes=3, successes=2, success_rate=2 / 3, ci_low=lo, ci_high=hi,
+    lo, hi = wilson_interval(2, 6)
+    assert rec == EvalRecord(split="test", episodes=6, successes=2, success_rate=2 / 6, ci_low=lo, ci_high=hi,
                              reward_mean=2 / 3, turns_mean=3.0, env_errors=3, error_examples=["boom", "dead server"],
                              time_eval=1.5)
     record = rec.to_dict()
@@ -117,10 +118,12 @@ def test_eval_record_scores_episodes_and_counts_env_errors():
 
 
 def test_eval_record_with_nothing_scored_is_unknown_not_zero():
-    for trajs in ([], [_traj(False, error="boom")]):
-        rec = eval_record(trajs, split="test")
-        assert rec.episodes == 0 and rec.env_errors == len(trajs) and (rec.ci_low, rec.ci_high) == (0.0, 1.0)
-        assert math.isnan(rec.success_rate) and math.isnan(rec.reward_mean) and math.isnan(rec.turns_mean)
+    rec = eval_record([], split="test")
+    assert rec.episodes == 0 and rec.env_errors == 0 and (rec.ci_low, rec.ci_high) == (0.0, 1.0)
+    assert math.isnan(rec.success_rate) and math.isnan(rec.reward_mean) and math.isnan(rec.turns_mean)
+    rec = eval_record([_traj(False, error="boom")], split="test")  # attempted once, crashed: 0 of 1, no means
+    assert (rec.episodes, rec.successes, rec.success_rate, rec.env_errors) == (1, 0, 0.0, 1)
+    assert math.isnan(rec.reward_mean) and math.isnan(rec.turns_mean)
 
 
 def test_eval_record_turns_fall_back_to_the_steps():
