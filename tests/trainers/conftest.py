@@ -87,3 +87,22 @@ def tiny_engine(tiny_model, tiny_tokenizer):
 
     # EOS stays a normal token (a random model would otherwise stop at random lengths).
     return HFEngine((tiny_model, tiny_tokenizer), name="hf:tiny", max_batch_size=8, eos_token_ids=[])
+
+
+@pytest.fixture(scope="session")
+def corridor():
+    """tests/trainers/corridor.py (walk right, reward at the end), registered with Gymnasium."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("turngym_test_corridor", Path(__file__).parent / "corridor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.register()
+    return module
+
+
+@pytest.fixture(scope="session")
+def word_tok(corridor):
+    """The corridor's word-level tokenizer."""
+    return corridor.word_tokenizer()

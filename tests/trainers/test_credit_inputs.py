@@ -16,30 +16,12 @@ random policy, tests/trainers/corridor.py) or of the real Search env:
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def corridor():
-    spec = importlib.util.spec_from_file_location("turngym_test_corridor_ci", HERE / "corridor.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.register()
-    return module
-
-
-@pytest.fixture(scope="module")
-def word_tok(corridor):
-    return corridor.word_tokenizer()
 
 
 def _trainer(corridor, word_tok, run_dir, *overrides, resume=False):

@@ -4,27 +4,15 @@ turngym.agents.evaluation.eval_record (bench's row reads the same record; tests/
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-HERE = Path(__file__).parent
 AGENT = "agent.options={system_prompt: go right, num_exemplars: 0, format_reminder: false, prefill: false}"
-
-
-@pytest.fixture(scope="module")
-def corridor():
-    spec = importlib.util.spec_from_file_location("turngym_test_corridor", HERE / "corridor.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.register()
-    return module
 
 
 def _check(record: dict, split: str, tasks: int) -> None:

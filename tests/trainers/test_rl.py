@@ -8,7 +8,6 @@ find within a few iterations, few enough that success starts near 0.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -21,20 +20,6 @@ pytest.importorskip("transformers")
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-
-
-@pytest.fixture(scope="module")
-def corridor():
-    spec = importlib.util.spec_from_file_location("turngym_test_corridor", HERE / "corridor.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.register()
-    return module
-
-
-@pytest.fixture(scope="module")
-def word_tok(corridor):
-    return corridor.word_tokenizer()
 
 
 def _config(corridor, run_dir, *overrides):
