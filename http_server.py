@@ -1,4 +1,5 @@
-"""Run an ASGI app under uvicorn in a background thread on a pre-bound socket (tests, notebooks, benchmarks).
+"""Run an ASGI app under uvicorn in a background thread on a pre-bound socket (tests, notebooks, benchmarks),
+and the Host-header policy of a server bound to an address.
 
 Shared by ``turngym serve`` (:mod:`turngym.agents.serve`) and ``turngym
 serve-retriever`` (:mod:`turngym.envs.search.server`). A leaf module: it
@@ -7,12 +8,56 @@ imports only :mod:`turngym.errors` (and uvicorn lazily), so any layer may use it
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 import time
+from collections.abc import Collection
 from typing import Any, Self
 
 from turngym.errors import TurngymError, require
+
+#: The names a server bound to a loopback address answers to.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def default_allowed_hosts(bind: str) -> tuple[str, ...]:
+    """The Host-header names a server bound to ``bind`` accepts unless told otherwise.
+
+    On a loopback address, the loopback names; on another address, that address; on a wildcard
+    (``0.0.0.0``, ``::``: every interface, names unknown) any, written ``("*",)``. A web page a
+    browser loaded from elsewhere sends its own site's name as Host, so it cannot reach a local
+    server through a name that resolves to it (DNS rebinding).
+    """
+    name = host_name(bind)
+    if name in ("", "0.0.0.0", "::", "*"):
+        return ("*",)
+    if name == "localhost":
+        return LOOPBACK_HOSTS
+    try:
+        loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return (name,)
+    return tuple(dict.fromkeys((*LOOPBACK_HOSTS, name))) if loopback else (name,)
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header (or a bind address): the port, IPv6 brackets and a final dot dropped,
+    lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:  # name:port (a bare IPv6 address has several colons)
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def host_allowed(header: str | None, allowed: Collection[str]) -> bool:
+    """Whether a request's Host header names one of ``allowed`` (names as :func:`host_name` gives them;
+    ``"*"`` allows any, a missing header included)."""
+    if "*" in allowed:
+        return True
+    return header is not None and host_name(header) in allowed
 
 
 class ServerThread:

@@ -27,6 +27,17 @@ DEFAULT_CHAT_MAX_TOKENS = 256
 _MAX_N = 64
 _MAX_PROMPTS_PER_REQUEST = 256
 
+# The server's limits (``turngym serve`` flags of the same names), so that no request can make
+# it do unbounded work: an engine reserves KV room for the longest completion in its batch.
+#: Most tokens one choice may ask for (``max_tokens``); the engine's context caps it further.
+DEFAULT_MAX_TOKENS_LIMIT = 4096
+#: Most completions one request may ask for (prompts x ``n``).
+DEFAULT_MAX_REQUEST_JOBS = 128
+#: Most completions accepted and not finished (queued or running); a request beyond it gets 429.
+DEFAULT_MAX_PENDING_JOBS = 1024
+#: Largest request body in bytes; a larger one gets 413.
+DEFAULT_MAX_BODY_BYTES = 8 * 2**20
+
 
 # ---- errors in the OpenAI shape --------------------------------------------------------------
 
@@ -35,13 +46,14 @@ class APIError(Exception):
     """An error answered as ``{"error": {"message", "type", "param", "code"}}``."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error") -> None:
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
         self.type = type
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -49,6 +61,29 @@ class APIError(Exception):
 
 def bad_param(param: str, message: str) -> APIError:
     return APIError(400, f"{param}: {message}", param=param)
+
+
+def server_busy(live: int, most: int) -> APIError:
+    """429 for a request that would take the live completions past ``most`` (clients retry it)."""
+    return APIError(429, f"the server is busy: {live} completions are queued or running and it holds at most "
+                         f"{most} (--max-pending-jobs); retry in a moment", code="server_busy",
+                    type="rate_limit_error", headers={"Retry-After": "1"})
+
+
+def check_job_count(prompts: int, n: int, most: int) -> None:
+    """400 for a request asking for more than ``most`` completions (prompts x n)."""
+    if prompts * n > most:
+        param = "n" if n > 1 else "prompt"
+        raise APIError(400, f"{param}: this request asks for {prompts * n} completions ({prompts} prompt(s) x n={n}); "
+                            f"this server completes at most {most} per request (--max-request-jobs): send fewer "
+                            "prompts or a smaller n per request", param=param, code="too_many_completions")
+
+
+def max_tokens_cap(server_most: int, context: int | None) -> tuple[int, str]:
+    """The most tokens a choice may ask for, and why: the server's limit or the engine's context."""
+    if context is not None and context < server_most:
+        return context, f"the model's context is {context} tokens"
+    return server_most, "this server's --max-tokens-limit"
 
 
 def engine_error(exc: Exception) -> APIError:
@@ -108,16 +143,21 @@ class GenerationRequest:
                               stop=list(self.stop), seed=seed, logprobs=True)
 
 
-def parse_request(body: dict[str, Any], chat: bool, default_max_tokens: int) -> GenerationRequest:
+def parse_request(body: dict[str, Any], chat: bool, default_max_tokens: int,
+                  cap: tuple[int, str] | None = None) -> GenerationRequest:
+    """``cap``: the most tokens a choice may ask for and why (:func:`max_tokens_cap`); a request asking for
+    more is refused, a default above it is lowered to it."""
     model = get_field(body, "model", (str,))
     max_tokens = get_field(body, "max_tokens", (int,))
     if chat and max_tokens is None:
         max_tokens = get_field(body, "max_completion_tokens", (int,))
+    name = "max_tokens" if "max_tokens" in body or not chat else "max_completion_tokens"
     if max_tokens is None:
-        max_tokens = default_max_tokens
+        max_tokens = default_max_tokens if cap is None else min(default_max_tokens, cap[0])
     if max_tokens < 1:
-        name = "max_tokens" if "max_tokens" in body or not chat else "max_completion_tokens"
         raise bad_param(name, f"must be >= 1, got {max_tokens}")
+    if cap is not None and max_tokens > cap[0]:
+        raise bad_param(name, f"must be <= {cap[0]} ({cap[1]}), got {max_tokens}")
     temperature = float(get_field(body, "temperature", (int, float), 1.0))
     if temperature < 0:
         raise bad_param("temperature", f"must be >= 0, got {temperature}")

@@ -8,7 +8,15 @@ one ``engine.generate`` call; while a batch runs, new jobs queue and form the ne
 at once. Jobs may differ in sampling parameters (``generate`` takes one
 ``SamplingParams`` per prompt). If a batch fails, its jobs are retried one by one so that
 one bad request fails alone. With an engine that batches continuously (the hf engine's
-``session()``), jobs instead join the running batch between decode steps.
+``session()``), jobs instead join the running batch between decode steps; a job whose
+admission fails fails alone there too (the session's ``RequestsFailed``).
+
+Bounded work: :meth:`BatchScheduler.submit_many` takes a request's jobs all or none, and
+refuses them (False) when more than ``max_pending`` jobs would be live (accepted, not
+finished); :meth:`BatchScheduler.cancel` drops the jobs of a client that went away: a
+queued job never runs, a running one leaves the continuous batch at the next step (in a
+lockstep ``generate`` already under way it finishes, unread). Either way its room is
+free at once.
 
 Each job hands its results to a ``deliver(kind, payload)`` callback, called from the
 worker thread; the caller (the app in :mod:`turngym.agents.serve`) moves them onto its
@@ -25,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from turngym.agents.engines.base import LocalEngine, continuous_batching_off_reason, engine_name
+from turngym.agents.engines.base import LocalEngine, RequestsFailed, continuous_batching_off_reason, engine_name
 from turngym.agents.types import Completion, Prompt, SamplingParams
 
 
@@ -48,6 +56,10 @@ class Job:
     tools: list[dict[str, Any]] | None = None
     stream: bool = False
     token_texts: bool = False
+    #: set (from any thread) by :meth:`BatchScheduler.cancel`: the worker drops the job
+    cancelled: bool = field(default=False, repr=False)
+    #: its room in the live count is given back (finished, failed or cancelled); under the scheduler's lock
+    released: bool = field(default=False, repr=False)
 
 
 @dataclass
@@ -64,6 +76,8 @@ class JobResult:
 class _Call:
     fn: Callable[[], Any]
     deliver: Deliver
+    cancelled: bool = False
+    released: bool = False
 
 
 @dataclass
@@ -72,6 +86,8 @@ class SchedulerStats:
     prompts: int = 0
     max_batch: int = 0
     batch_sizes: list[int] = field(default_factory=list)  # the last 1000
+    cancelled: int = 0  # jobs the worker dropped because their client went away (queued or running)
+    refused: int = 0  # jobs refused because ``max_pending`` were live
 
 
 class BatchScheduler:
@@ -83,14 +99,18 @@ class BatchScheduler:
         batch_wait_s: how long an idle worker waits for company after the first job; each
             job that arrives in the window extends it by as much, up to ``BURST_FACTOR``
             windows in all.
+        continuous: continuous batching (None: where the engine supports it).
+        max_pending: most live jobs (accepted, not finished: queued or running); None: no bound.
     """
 
     BURST_FACTOR = 8
 
     def __init__(self, engine: Any, max_batch_size: int = 32, batch_wait_s: float = 0.005,
-                 continuous: bool | None = None) -> None:
+                 continuous: bool | None = None, max_pending: int | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_pending is not None and max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1 (or None), got {max_pending}")
         off_reason = continuous_batching_off_reason(engine)
         can = off_reason is None
         if continuous and not can:
@@ -101,7 +121,9 @@ class BatchScheduler:
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
+        self.max_pending = max_pending
         self.stats = SchedulerStats()
+        self._live = 0  # accepted jobs and calls not yet released
         self._queue: queue.Queue[Job | _Call | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -119,18 +141,72 @@ class BatchScheduler:
             self._queue.put(None)
             thread.join(timeout)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job) -> bool:
+        """Queue one job; False (nothing queued) when ``max_pending`` jobs are live."""
+        return self.submit_many([job])
+
+    def submit_many(self, jobs: list[Job]) -> bool:
+        """Queue all of ``jobs`` (one request's) or, when they would take the live count past
+        ``max_pending``, none: False."""
+        if not self._reserve(len(jobs)):
+            return False
         self.start()
-        self._queue.put(job)
+        for job in jobs:
+            self._queue.put(job)
+        return True
+
+    def cancel(self, jobs: list[Job] | list[_Call]) -> None:
+        """Drop these jobs (their client went away), from any thread: their room is free at once, the worker
+        skips them or takes them out of the running batch, and they deliver nothing more."""
+        for job in jobs:
+            job.cancelled = True
+            self._release(job)
 
     def pending(self) -> int:
         """Jobs and calls waiting for the worker."""
         return self._queue.qsize()
 
-    def call(self, fn: Callable[[], Any], deliver: Deliver) -> None:
-        """Run ``fn`` on the engine's thread (e.g. tokenizing), between batches."""
+    def live(self) -> int:
+        """Accepted jobs and calls not finished, failed or cancelled yet (what ``max_pending`` bounds)."""
+        return self._live
+
+    def call(self, fn: Callable[[], Any], deliver: Deliver) -> _Call | None:
+        """Run ``fn`` on the engine's thread (e.g. tokenizing), between batches; None (not queued) when
+        ``max_pending`` jobs are live. The call counts as one job."""
+        if not self._reserve(1):
+            return None
         self.start()
-        self._queue.put(_Call(fn, deliver))
+        item = _Call(fn, deliver)
+        self._queue.put(item)
+        return item
+
+    def _reserve(self, count: int) -> bool:
+        with self._lock:
+            if self.max_pending is not None and self._live + count > self.max_pending:
+                self.stats.refused += count
+                return False
+            self._live += count
+            return True
+
+    def _release(self, job: Job | _Call) -> bool:
+        """Give back a job's room, once; False when it was given back already (finished or cancelled)."""
+        with self._lock:
+            if job.released:
+                return False
+            job.released = True
+            self._live -= 1
+            return True
+
+    def _end(self, job: Job | _Call, kind: str, payload: Any) -> None:
+        """A job's last delivery ("done" or "error"), unless it was cancelled."""
+        if self._release(job):
+            job.deliver(kind, payload)
+
+    def _dropped(self, job: Job) -> bool:
+        """True (and counted) when ``job`` was cancelled: the worker must not run it."""
+        if job.cancelled:
+            self.stats.cancelled += 1
+        return job.cancelled
 
     def _loop(self) -> None:
         if self.continuous:
@@ -153,6 +229,8 @@ class BatchScheduler:
             if isinstance(item, _Call):
                 self._run_call(item)
                 continue
+            if self._dropped(item):
+                continue
             return self._collect(item, self.max_batch_size)
 
     def _collect(self, first: Job, most: int) -> tuple[list[Job], bool]:
@@ -172,7 +250,7 @@ class BatchScheduler:
                 return batch, True
             if isinstance(nxt, _Call):
                 self._run_call(nxt)
-            else:
+            elif not self._dropped(nxt):
                 batch.append(nxt)
                 deadline = min(time.monotonic() + self.batch_wait_s, start + self.BURST_FACTOR * self.batch_wait_s)
         return batch, False
@@ -204,13 +282,22 @@ class BatchScheduler:
                     arrived.append(item)
             if arrived:
                 self._admit(session, jobs, arrived)
+            for request in [r for r, (job, _) in jobs.items() if job.cancelled]:  # their clients went away
+                del jobs[request]
+                if session.cancel(request):
+                    self.stats.cancelled += 1
             if not (session.running or session.waiting):
                 continue
             try:
                 finished = session.step()
-            except Exception as exc:  # noqa: BLE001 - every running request fails with it; a fresh session goes on
+            except RequestsFailed as failed:  # those requests' own fault: the others run on
+                for request, exc in failed.failures.items():
+                    if request in jobs:
+                        self._end(jobs.pop(request)[0], "error", exc)
+                finished = failed.finished
+            except Exception as exc:  # noqa: BLE001 - a fault of the shared decode step: no row to blame
                 for job, _ in jobs.values():
-                    job.deliver("error", exc)
+                    self._end(job, "error", exc)
                 jobs.clear()
                 session = self.engine.session()
                 continue
@@ -222,16 +309,18 @@ class BatchScheduler:
     def _admit(self, session: Any, jobs: dict[int, tuple[Job, Prompt]], arrived: list[Job]) -> None:
         submitted = 0
         for job in arrived:
+            if self._dropped(job):
+                continue
             try:
                 prompt = job.prompt if job.messages is None else self.engine.render(job.messages, job.tools)
             except Exception as exc:  # noqa: BLE001 - whatever the template raises is the request's fault
-                job.deliver("error", ChatTemplateError(f"the chat template failed: {exc}"))
+                self._end(job, "error", ChatTemplateError(f"the chat template failed: {exc}"))
                 continue
-            on_text = (lambda text, job=job: job.deliver("text", text)) if job.stream else None
+            on_text = (lambda text, job=job: job.cancelled or job.deliver("text", text)) if job.stream else None
             try:
                 request = session.submit(prompt, job.sampling, on_text)
             except Exception as exc:  # noqa: BLE001 - a bad prompt (too long, unknown ids) fails alone
-                job.deliver("error", exc)
+                self._end(job, "error", exc)
                 continue
             jobs[request] = (job, prompt)
             submitted += 1
@@ -240,18 +329,21 @@ class BatchScheduler:
             self.stats.prompts += submitted
             self.stats.batch_sizes = self.stats.batch_sizes[-999:] + [submitted]
 
-    @staticmethod
-    def _run_call(call: _Call) -> None:
+    def _run_call(self, call: _Call) -> None:
+        if call.cancelled:
+            return
         try:
             result = call.fn()
         except Exception as exc:  # noqa: BLE001 - handed to the request, which answers with an error
-            call.deliver("error", exc)
+            self._end(call, "error", exc)
         else:
-            call.deliver("done", result)
+            self._end(call, "done", result)
 
     def _run_batch(self, batch: list[Job]) -> None:
         jobs, prompts = [], []
         for job in batch:
+            if self._dropped(job):  # cancelled while its window was open
+                continue
             if job.messages is None:
                 jobs.append(job)
                 prompts.append(job.prompt)
@@ -259,7 +351,7 @@ class BatchScheduler:
             try:
                 prompts.append(self.engine.render(job.messages, job.tools))
             except Exception as exc:  # noqa: BLE001 - whatever the template raises is the request's fault
-                job.deliver("error", ChatTemplateError(f"the chat template failed: {exc}"))
+                self._end(job, "error", ChatTemplateError(f"the chat template failed: {exc}"))
                 continue
             jobs.append(job)
         if jobs:
@@ -269,7 +361,7 @@ class BatchScheduler:
         on_text = None
         if any(job.stream for job in jobs):
             def on_text(i: int, text: str) -> None:
-                if jobs[i].stream:
+                if jobs[i].stream and not jobs[i].cancelled:
                     jobs[i].deliver("text", text)
         try:
             completions = self.engine.generate(prompts, [job.sampling for job in jobs], on_text=on_text)
@@ -278,9 +370,10 @@ class BatchScheduler:
         except Exception as exc:  # noqa: BLE001 - the worker never dies; the jobs get the error
             if len(jobs) > 1:  # find the culprit: one bad request must not fail its neighbours
                 for job, prompt in zip(jobs, prompts):
-                    self._generate([job], [prompt])
+                    if not self._dropped(job):
+                        self._generate([job], [prompt])
                 return
-            jobs[0].deliver("error", exc)
+            self._end(jobs[0], "error", exc)
             return
         self.stats.generate_calls += 1
         self.stats.prompts += len(jobs)
@@ -297,9 +390,11 @@ class BatchScheduler:
             texts = None
             if job.token_texts and completion.token_ids is not None:
                 texts = token_texts(self.engine, completion.token_ids)
-            job.deliver("done", JobResult(completion, prompt_ids, texts))
+            result = JobResult(completion, prompt_ids, texts)
         except Exception as exc:  # noqa: BLE001 - e.g. a tokenizer that cannot decode: this job fails alone
-            job.deliver("error", exc)
+            self._end(job, "error", exc)
+        else:
+            self._end(job, "done", result)
 
 
 def token_texts(engine: Any, ids: list[int]) -> list[str]:

@@ -1,7 +1,9 @@
 """`turngym serve`: an OpenAI-compatible HTTP server over any turngym engine.
 
     turngym serve [--model default|PATH|vllm:PATH] [--host 127.0.0.1] [--port 8000]
-                  [--max-batch-size 32] [--batch-wait-ms 10] [--api-key KEY]
+                  [--max-batch-size 32] [--batch-wait-ms 10] [--api-key KEY] [--allowed-hosts NAMES]
+                  [--max-tokens-limit 4096] [--max-request-jobs 128] [--max-pending-jobs 1024]
+                  [--max-body-bytes 8388608]
 
 Endpoints (the shapes of the OpenAI API; vLLM's extensions where it has one):
 
@@ -56,6 +58,23 @@ auto``, the default, picks it), requests instead join the running batch between 
 steps: one that arrives while others decode starts at the next step rather than after
 the whole batch, and ``stats.generate_calls`` counts admissions into the running batch.
 
+Limits (each a flag; no request makes the server do unbounded work): ``max_tokens`` above
+``--max-tokens-limit`` or the engine's context gets 400 naming the field (a chat request's
+default is lowered to it); a request asking for more than ``--max-request-jobs`` completions
+(prompts x ``n``) gets 400; one that would take the completions queued or running past
+``--max-pending-jobs`` gets 429 with ``Retry-After`` (clients retry it); a body over
+``--max-body-bytes`` gets 413, one that is not ``Content-Type: application/json`` 415. A
+client that disconnects (a plain request or a stream) has its jobs cancelled: queued ones
+never run, running ones leave the continuous batch at the next decode step (a lockstep
+``generate`` already under way finishes, unread).
+
+Who may call it: ``--api-key`` (compared in constant time) guards every route but
+``/health``. The Host header must name the address the server is bound to (``localhost``,
+``127.0.0.1`` or ``::1`` on a loopback address; any on ``0.0.0.0``), else 400: a web page
+cannot reach a local server through a name of its own that resolves to it (DNS rebinding),
+and the JSON content type keeps a page's plain form posts out (a browser asks first, and no
+CORS answer comes). ``--allowed-hosts a.example,b.example`` names others, ``'*'`` any.
+
 The server is three modules: :mod:`turngym.agents.openai_protocol` (parsing requests,
 shaping answers and stream chunks, errors), :mod:`turngym.agents.scheduler` (batching
 requests onto the engine's one thread) and this one (the app, its routes, the CLI).
@@ -65,17 +84,22 @@ This module is imported by the CLI to build its parser: fastapi and uvicorn (the
 """
 
 import argparse
+import hmac
 import json
 import secrets
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from turngym.agents.engines.base import Engine, LocalEngine, engine_name
+from turngym.agents.engines.base import Engine, LocalEngine, context_limit, engine_name
 from turngym.agents.openai_protocol import (
     DEFAULT_CHAT_MAX_TOKENS,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PENDING_JOBS,
+    DEFAULT_MAX_REQUEST_JOBS,
+    DEFAULT_MAX_TOKENS_LIMIT,
     STREAM_END,
     APIError,
     GenerationRequest,
@@ -83,28 +107,80 @@ from turngym.agents.openai_protocol import (
     bad_param,
     build_answer,
     build_choice,
+    check_job_count,
     count_tokens,
     engine_error,
     error_event,
     get_field,
+    max_tokens_cap,
     parse_messages,
     parse_prompts,
     parse_request,
     role_choice,
+    server_busy,
     stream_event,
     text_choice,
     usage,
 )
 from turngym.agents.scheduler import BatchScheduler, Deliver, Job, JobResult
 from turngym.errors import TurngymError, require
+from turngym.http_server import LOOPBACK_HOSTS, default_allowed_hosts, host_allowed, host_name
 from turngym.http_server import ServerThread as _ServerThread
+
+#: What a request's event queue gets when its client disconnects.
+_GONE = (-1, "gone", None)
 
 # ---- the app ---------------------------------------------------------------------------------
 
 
+class _Guard:
+    """Who may call: the Host header names an allowed host, the API key matches (constant time).
+
+    Plain ASGI rather than ``@app.middleware("http")``, whose wrapper would stand between the
+    routes and the client's disconnect (the routes watch for it to cancel their jobs).
+    """
+
+    def __init__(self, app: Any, allowed_hosts: Sequence[str], api_key: str | None) -> None:
+        self.app = app
+        self.allowed = frozenset(host_name(h) if h != "*" else h for h in allowed_hosts)
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            error = self.check(scope)
+            if error is not None:
+                body = json.dumps(error.body()).encode()
+                await send({"type": "http.response.start", "status": error.status,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+    def check(self, scope: dict[str, Any]) -> APIError | None:
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host")
+        host = host.decode("latin-1") if host is not None else None
+        if not host_allowed(host, self.allowed):
+            return APIError(400, f"Host {host!r} is not a name this server answers to (it accepts "
+                                 f"{', '.join(sorted(self.allowed))}); a web page or a DNS-rebinding name reaching a "
+                                 "local server is refused. Start it with --allowed-hosts NAME,... to add names",
+                            code="host_not_allowed")
+        # hmac.compare_digest: the time taken tells nothing of how much of the key was right
+        if (self.expected is not None and scope.get("path") != "/health"
+                and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected)):
+            return APIError(401, "invalid API key: send 'Authorization: Bearer <key>' with the key this "
+                                 "server was started with (--api-key)", code="invalid_api_key",
+                            type="authentication_error")
+        return None
+
+
 def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: int = 32,
                batch_wait_ms: float = 10.0, api_key: str | None = None,
-               default_chat_max_tokens: int = DEFAULT_CHAT_MAX_TOKENS, continuous: bool | None = None) -> Any:
+               default_chat_max_tokens: int = DEFAULT_CHAT_MAX_TOKENS, continuous: bool | None = None,
+               max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT, max_request_jobs: int = DEFAULT_MAX_REQUEST_JOBS,
+               max_pending_jobs: int = DEFAULT_MAX_PENDING_JOBS, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> Any:
     """A FastAPI app serving ``engine`` over the OpenAI API (see the module docstring).
 
     Args:
@@ -116,6 +192,12 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
         default_chat_max_tokens: ``max_tokens`` of chat requests that give none.
         continuous: continuous batching (None: where the engine supports it; False: one
             ``generate`` per batch).
+        max_tokens_limit: most tokens one choice may ask for (the engine's context caps it too).
+        max_request_jobs: most completions one request may ask for (prompts x n).
+        max_pending_jobs: most completions queued or running; a request beyond it gets 429.
+        max_body_bytes: largest request body; a larger one gets 413.
+        allowed_hosts: the Host-header names served (default: the loopback names, for a server
+            bound to 127.0.0.1; ``("*",)``: any). See :func:`turngym.http_server.default_allowed_hosts`.
 
     The scheduler is ``app.state.scheduler`` (its ``stats`` count batches).
     """
@@ -127,11 +209,19 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    for name, value in (("max_tokens_limit", max_tokens_limit), ("max_request_jobs", max_request_jobs),
+                        ("max_pending_jobs", max_pending_jobs), ("max_body_bytes", max_body_bytes)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if max_request_jobs > max_pending_jobs:
+        raise ValueError(f"max_request_jobs ({max_request_jobs}) must not exceed max_pending_jobs "
+                         f"({max_pending_jobs}): such a request could never be accepted")
     served = model_name or (engine_name(engine) if isinstance(engine, Engine) else "turngym")
     scheduler = BatchScheduler(engine, max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000,
-                               continuous=continuous)
+                               continuous=continuous, max_pending=max_pending_jobs)
     created = int(time.time())
     vocab_size = engine.vocab_size if isinstance(engine, LocalEngine) else None
+    cap = max_tokens_cap(max_tokens_limit, context_limit(engine))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
@@ -145,10 +235,11 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
     app.state.scheduler = scheduler
     app.state.engine = engine
     app.state.model_name = served
+    app.add_middleware(_Guard, allowed_hosts=tuple(allowed_hosts), api_key=api_key)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Any:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: Any) -> Any:
@@ -159,20 +250,24 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
         return JSONResponse(APIError(exc.status_code, message, code=str(exc.status_code)).body(),
                             status_code=exc.status_code)
 
-    async def _auth(request: Request, call_next: Any) -> Any:
-        if request.url.path != "/health" and request.headers.get("authorization", "") != f"Bearer {api_key}":
-            err = APIError(401, "invalid API key: send 'Authorization: Bearer <key>' with the key this "
-                                "server was started with (--api-key)", code="invalid_api_key",
-                           type="authentication_error")
-            return JSONResponse(err.body(), status_code=401)
-        return await call_next(request)
-
-    if api_key:
-        app.middleware("http")(_auth)
-
     async def _json(request: Request) -> dict[str, Any]:
+        content_type = request.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() != "application/json":
+            raise APIError(415, f"send the request body as JSON with 'Content-Type: application/json' (got "
+                                f"{content_type or 'none'!r})", code="unsupported_media_type")
+        declared = request.headers.get("content-length", "")
+        too_large = APIError(413, f"the request body is larger than this server's {max_body_bytes} bytes "
+                                  "(--max-body-bytes)", code="body_too_large")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():  # a body without Content-Length (chunked) is counted as it comes
+            size += len(chunk)
+            if size > max_body_bytes:
+                raise too_large
+            chunks.append(chunk)
         try:
-            body = await request.json()
+            body = json.loads(b"".join(chunks))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise APIError(400, "the request body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -192,19 +287,33 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
                 pass
         return deliver
 
+    async def _on_disconnect(request: Request, gone: Callable[[], None]) -> None:
+        """Call ``gone`` when the client disconnects (the body is read by then: what comes next is the
+        disconnect, or the end of the response)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone()
+
+    async def _next_event(events: asyncio.Queue) -> tuple[int, str, Any]:
+        event = await events.get()
+        if event[1] == "error":
+            raise engine_error(event[2])
+        if event[1] == "gone":
+            raise APIError(499, "the client closed the connection", code="client_closed")
+        return event
+
     async def _collect(events: asyncio.Queue, count: int) -> list[JobResult]:
         results: list[JobResult | None] = [None] * count
         pending = count
         while pending:
-            index, kind, payload = await events.get()
-            if kind == "error":
-                raise engine_error(payload)
+            index, kind, payload = await _next_event(events)
             if kind == "done":
                 results[index] = payload
                 pending -= 1
         return results  # type: ignore[return-value]
 
-    async def _generate(req: GenerationRequest, units: list[dict[str, Any]], chat: bool, parse_tools: bool) -> Any:
+    async def _generate(request: Request, req: GenerationRequest, units: list[dict[str, Any]], chat: bool,
+                        parse_tools: bool) -> Any:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         jobs = []
@@ -212,55 +321,73 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
             copy = i % req.n
             jobs.append(Job(sampling=req.sampling(copy), deliver=_deliverer(loop, events, i), stream=req.stream,
                             token_texts=req.logprobs and not req.tokens_as_ids, **unit))
-        for job in jobs:
-            scheduler.submit(job)
+        if not scheduler.submit_many(jobs):
+            raise server_busy(scheduler.live(), max_pending_jobs)
+
+        def gone() -> None:
+            scheduler.cancel(jobs)
+            events.put_nowait(_GONE)
+
+        watcher = asyncio.create_task(_on_disconnect(request, gone))
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         now = int(time.time())
-        if not req.stream:
-            results = await _collect(events, len(jobs))
-            return JSONResponse(build_answer(req, results, chat=chat, parse_tools=parse_tools, rid=rid,
-                                             created=now, model=served))
-        # Wait for the first event so that a request that fails at once (a chat template
-        # error, an engine that rejects the prompt) gets a plain HTTP error, not a 200 stream.
-        first = await events.get()
-        if first[1] == "error":
-            raise engine_error(first[2])
-        return StreamingResponse(_sse(req, first, events, len(jobs), chat, parse_tools, rid, now),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        streaming = False
+        try:
+            if not req.stream:
+                results = await _collect(events, len(jobs))
+                return JSONResponse(build_answer(req, results, chat=chat, parse_tools=parse_tools, rid=rid,
+                                                 created=now, model=served))
+            # Wait for the first event so that a request that fails at once (a chat template
+            # error, an engine that rejects the prompt) gets a plain HTTP error, not a 200 stream.
+            first = await _next_event(events)
+            streaming = True
+            return StreamingResponse(_sse(req, first, events, jobs, watcher, chat, parse_tools, rid, now),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        finally:
+            if not streaming:  # answered, failed or gone: what still runs of it is wasted work
+                watcher.cancel()
+                scheduler.cancel(jobs)
 
-    async def _sse(req: GenerationRequest, first: tuple[int, str, Any], events: asyncio.Queue, count: int,
-                   chat: bool, parse_tools: bool, rid: str, now: int) -> Any:
+    async def _sse(req: GenerationRequest, first: tuple[int, str, Any], events: asyncio.Queue, jobs: list[Job],
+                   watcher: Any, chat: bool, parse_tools: bool, rid: str, now: int) -> Any:
+        count = len(jobs)
         streams = [StreamText(req.stop, req.include_stop) for _ in range(count)]
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
             return stream_event(rid, now, served, choices, chat=chat, **extra)
 
-        if chat:
-            yield chunk([role_choice(i) for i in range(count)])
-        pending, prompt_tokens, completion_tokens = count, 0, 0
-        event: tuple[int, str, Any] | None = first
-        while pending:
-            index, kind, payload = event if event is not None else await events.get()
-            event = None
-            if kind == "text":
-                delta = streams[index].partial(payload)
-                if delta:
-                    yield chunk([text_choice(index, delta, chat=chat)])
-                continue
-            if kind == "error":
-                yield error_event(engine_error(payload))
-                return
-            res: JobResult = payload
-            pending -= 1
-            if index % req.n == 0:
-                prompt_tokens += count_tokens(res.prompt_ids)
-            completion_tokens += count_tokens(res.completion.token_ids)
-            extra = {"prompt_token_ids": res.prompt_ids} if chat and req.return_token_ids else {}
-            yield chunk([build_choice(req, index, res, chat=chat, parse_tools=parse_tools, stream=streams[index])],
-                        **extra)
-        if req.include_usage:
-            yield chunk([], usage=usage(prompt_tokens, completion_tokens))
-        yield STREAM_END
+        try:
+            if chat:
+                yield chunk([role_choice(i) for i in range(count)])
+            pending, prompt_tokens, completion_tokens = count, 0, 0
+            event: tuple[int, str, Any] | None = first
+            while pending:
+                index, kind, payload = event if event is not None else await events.get()
+                event = None
+                if kind == "gone":
+                    return
+                if kind == "text":
+                    delta = streams[index].partial(payload)
+                    if delta:
+                        yield chunk([text_choice(index, delta, chat=chat)])
+                    continue
+                if kind == "error":
+                    yield error_event(engine_error(payload))
+                    return
+                res: JobResult = payload
+                pending -= 1
+                if index % req.n == 0:
+                    prompt_tokens += count_tokens(res.prompt_ids)
+                completion_tokens += count_tokens(res.completion.token_ids)
+                extra = {"prompt_token_ids": res.prompt_ids} if chat and req.return_token_ids else {}
+                yield chunk([build_choice(req, index, res, chat=chat, parse_tools=parse_tools, stream=streams[index])],
+                            **extra)
+            if req.include_usage:
+                yield chunk([], usage=usage(prompt_tokens, completion_tokens))
+            yield STREAM_END
+        finally:  # ended, failed, or the client went away (the server cancels this generator)
+            watcher.cancel()
+            scheduler.cancel(jobs)
 
     @app.get("/health")
     async def health() -> Any:
@@ -279,24 +406,26 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         body = await _json(request)
-        req = parse_request(body, chat=False, default_max_tokens=16)
+        req = parse_request(body, chat=False, default_max_tokens=16, cap=cap)
         _check_model(req.model)
         if body.get("echo"):
             raise bad_param("echo", "is not supported by turngym serve")
         if body.get("suffix"):
             raise bad_param("suffix", "is not supported by turngym serve")
         prompts = parse_prompts(body, vocab_size)
+        check_job_count(len(prompts), req.n, max_request_jobs)
         units = [{"prompt": p} for p in prompts for _ in range(req.n)]
-        return await _generate(req, units, chat=False, parse_tools=False)
+        return await _generate(request, req, units, chat=False, parse_tools=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         body = await _json(request)
-        req = parse_request(body, chat=True, default_max_tokens=default_chat_max_tokens)
+        req = parse_request(body, chat=True, default_max_tokens=default_chat_max_tokens, cap=cap)
         _check_model(req.model)
         messages, tools, parse_tools = parse_messages(body)
+        check_job_count(1, req.n, max_request_jobs)
         units = [{"messages": messages, "tools": tools} for _ in range(req.n)]
-        return await _generate(req, units, chat=True, parse_tools=parse_tools)
+        return await _generate(request, req, units, chat=True, parse_tools=parse_tools)
 
     async def _tokenize(request: Request) -> Any:
         body = await _json(request)
@@ -318,7 +447,8 @@ def create_app(engine: Any, model_name: str | None = None, *, max_batch_size: in
             raise bad_param("messages", "send 'messages' (chat) or 'prompt' (a string)")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        scheduler.call(fn, _deliverer(loop, events, 0))
+        if scheduler.call(fn, _deliverer(loop, events, 0)) is None:
+            raise server_busy(scheduler.live(), max_pending_jobs)
         _, kind, result = await events.get()
         if kind == "error":
             raise engine_error(result)
@@ -359,9 +489,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continuous batching (requests join the running batch; auto: where the engine has "
                              "it, the hf engine) or one generate call per batch of requests (lockstep)")
     parser.add_argument("--served-model-name", default=None, help="the model id clients send (default: the engine's)")
-    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on every request but /health")
+    parser.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                        help="comma-separated Host-header names to answer to, or '*' for any (default: localhost, "
+                             "127.0.0.1 and ::1 when --host is a loopback address, the --host address otherwise, "
+                             "any on 0.0.0.0); other names get 400, so a web page cannot reach a local server "
+                             "through DNS rebinding")
     parser.add_argument("--default-max-tokens", type=int, default=DEFAULT_CHAT_MAX_TOKENS,
-                        help="max_tokens of chat requests that give none")
+                        help="max_tokens of chat requests that give none (lowered to the limits below)")
+    parser.add_argument("--max-tokens-limit", type=int, default=DEFAULT_MAX_TOKENS_LIMIT,
+                        help="most tokens one choice may ask for (max_tokens; default %(default)s); the model's "
+                             "context caps it too; more gets 400")
+    parser.add_argument("--max-request-jobs", type=int, default=DEFAULT_MAX_REQUEST_JOBS,
+                        help="most completions one request may ask for (prompts x n; default %(default)s); more "
+                             "gets 400")
+    parser.add_argument("--max-pending-jobs", type=int, default=DEFAULT_MAX_PENDING_JOBS,
+                        help="most completions queued or running (default %(default)s); a request beyond it gets "
+                             "429 (retry later)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="largest request body in bytes (default %(default)s); a larger one gets 413")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -370,8 +517,14 @@ def run(args: argparse.Namespace) -> int:
     require("fastapi", "serve", "turngym serve")
     from turngym.agents.engines import make_engine
 
-    if args.max_batch_size < 1:
-        raise TurngymError(f"--max-batch-size must be >= 1, got {args.max_batch_size}")
+    for flag in ("max_batch_size", "max_tokens_limit", "max_request_jobs", "max_pending_jobs", "max_body_bytes"):
+        if getattr(args, flag) < 1:
+            raise TurngymError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.max_request_jobs > args.max_pending_jobs:
+        raise TurngymError(f"--max-request-jobs ({args.max_request_jobs}) must not exceed --max-pending-jobs "
+                           f"({args.max_pending_jobs}): such a request could never be accepted")
+    allowed = (tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip()) if args.allowed_hosts
+               else default_allowed_hosts(args.host))
     # Fail before the model loads (which can take a while) if the port is taken.
     try:
         with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -385,9 +538,15 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(engine, args.served_model_name, max_batch_size=args.max_batch_size,
                      batch_wait_ms=args.batch_wait_ms, api_key=args.api_key,
                      default_chat_max_tokens=args.default_max_tokens,
-                     continuous={"auto": None, "lockstep": False, "continuous": True}[args.schedule])
+                     continuous={"auto": None, "lockstep": False, "continuous": True}[args.schedule],
+                     max_tokens_limit=args.max_tokens_limit, max_request_jobs=args.max_request_jobs,
+                     max_pending_jobs=args.max_pending_jobs, max_body_bytes=args.max_body_bytes,
+                     allowed_hosts=allowed)
     url = f"http://{args.host}:{args.port}/v1"
     print(f"turngym serve: {app.state.model_name} at {url} (OpenAI-compatible); "
           f"e.g. turngym bench --model openai:{url}", file=sys.stderr, flush=True)
+    if "*" in allowed and not args.api_key:
+        print("turngym serve: warning: any Host name is accepted and no --api-key is set: anyone who can reach "
+              f"{args.host}:{args.port} can use the model", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -64,6 +64,18 @@ class SessionEngine(Protocol):
         ...
 
 
+class RequestsFailed(RuntimeError):
+    """A session's ``step`` failed some requests and kept the others: ``failures`` maps each failed request
+    id to its error, ``finished`` holds the ``(id, completion)`` pairs the step finished all the same. The
+    session goes on; a caller that does not catch this sees the first failure's message."""
+
+    def __init__(self, failures: dict[int, Exception], finished: list[tuple[int, Completion]]) -> None:
+        request, first = next(iter(failures.items()))
+        super().__init__(f"{len(failures)} request(s) failed, e.g. request {request}: {type(first).__name__}: {first}")
+        self.failures = failures
+        self.finished = finished
+
+
 @runtime_checkable
 class WeightSyncEngine(Protocol):
     """An engine whose weights a trainer replaces after each update."""

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from turngym.agents.engines.base import RequestsFailed
 from turngym.agents.engines.hf import eval_mode
 from turngym.agents.engines.prefix_cache import weights_fingerprint
 from turngym.agents.engines.sampling import Row
@@ -48,9 +49,17 @@ class HFSession:
     stop strings, log-probs, per-request seeded generator), so a request's
     completion does not depend on what else runs beside it, up to float
     rounding of differently shaped batches. ``on_text`` streams like
-    ``generate``'s, per request. The engine's weights must not change while
-    rows run (a step raises if they did); between rollout phases, let the
-    session drain or open a new one. Used by
+    ``generate``'s, per request. :meth:`cancel` drops a request, queued or
+    running, between steps (a client that went away).
+
+    A request whose prefill fails (a group that fails is retried one row at
+    a time) fails alone: :meth:`step` raises
+    :class:`~turngym.agents.engines.base.RequestsFailed` naming it, with the
+    step's finished requests, and the other rows run on. A fault of the
+    shared decode step (a forward pass over every row) raises as it is: no
+    row is to blame. The engine's weights must not change while rows run (a
+    step raises if they did); between rollout phases, let the session drain
+    or open a new one. Used by
     :class:`~turngym.agents.runner.EpisodeRunner` (``schedule="continuous"``).
     Single-threaded: call it from one thread.
     """
@@ -66,6 +75,7 @@ class HFSession:
         self.max_wait_steps = int(max_wait_steps)
         self._waiting: deque[tuple[Row, int]] = deque()
         self._callbacks: dict[int, Callable[[str], None]] = {}
+        self._failed: dict[int, Exception] = {}  # requests whose admission failed in this step
         self._batch: _Batch | None = None
         self._fingerprint: Any = None
         self._modules = list(engine.model.modules())
@@ -98,21 +108,47 @@ class HFSession:
 
     def step(self) -> list[tuple[int, Completion]]:
         """Admit queued requests when due, run one decode step; returns ``(id, completion)`` of every request
-        that finished (in the running batch's order). Nothing to do returns ``[]``."""
+        that finished (in the running batch's order). Nothing to do returns ``[]``. Raises
+        :class:`~turngym.agents.engines.base.RequestsFailed` when requests failed to be admitted (the
+        finished ones ride on it; the session goes on)."""
         engine = self.engine
         torch = engine._torch
+        done = []
         with engine._lock, torch.no_grad(), eval_mode(engine.model, self._modules):
             if self._batch is not None and self._batch.rows and self._changed():
                 raise RuntimeError(f"{engine.name}'s weights changed while a session had rows running; let a "
                                    "session drain (or open a new one) before updating the weights")
             self._admit()
-            if self._batch is None or not self._batch.rows:
-                return []
-            done = engine._decode_step(self._batch, self._stream if self._callbacks else None)
-            self.steps += 1
+            if self._batch is not None and self._batch.rows:
+                done = engine._decode_step(self._batch, self._stream if self._callbacks else None)
+                self.steps += 1
         for row in done:
             self._callbacks.pop(row.index, None)
-        return [(row.index, engine._completion(row)) for row in done]
+        finished = [(row.index, engine._completion(row)) for row in done]
+        if self._failed:
+            failed, self._failed = self._failed, {}
+            raise RequestsFailed(failed, finished)
+        return finished
+
+    def cancel(self, request: int) -> bool:
+        """Drop a queued or running request between steps (its client went away): it never finishes, and a
+        running one frees its row at once. False when the session does not hold it (finished, unknown)."""
+        self._callbacks.pop(request, None)
+        for k, (row, _) in enumerate(self._waiting):
+            if row.index == request:
+                del self._waiting[k]
+                return True
+        batch = self._batch
+        rows = batch.rows if batch is not None else []
+        keep = [b for b, row in enumerate(rows) if row.index != request]
+        if len(keep) == len(rows):
+            return False
+        if not keep:
+            batch.rows, batch.logits = [], None
+            return True
+        with self.engine._lock, self.engine._torch.no_grad():
+            self.engine._keep_rows(batch, keep)
+        return True
 
     def _changed(self) -> bool:
         """Whether the weights changed since the running rows started: version counters of the tensors
@@ -148,10 +184,27 @@ class HFSession:
                 self._tensors, self._versions = [], ()
         if engine.prefix_cache is not None:
             engine.prefix_cache.check_weights(self._fingerprint)
-        new = engine._open(rows)
-        if running == 0:
-            self._batch = new
-        else:
-            engine._merge(self._batch, new)
-        self.admissions += 1
-        self.admitted += len(rows)
+        try:
+            opened = [engine._open(rows)]
+        except Exception as exc:  # noqa: BLE001 - find the rows at fault: each alone, the others go on
+            opened = []
+            if len(rows) == 1:
+                self._fail(rows[0].index, exc)
+            else:
+                for row in rows:
+                    try:
+                        opened.append(engine._open([row]))
+                    except Exception as row_exc:  # noqa: BLE001 - this request's own fault
+                        self._fail(row.index, row_exc)
+        for new in opened:
+            if self._batch is None or not self._batch.rows:
+                self._batch = new
+            else:
+                engine._merge(self._batch, new)
+        if opened:
+            self.admissions += 1
+            self.admitted += sum(len(new.rows) for new in opened)
+
+    def _fail(self, request: int, exc: Exception) -> None:
+        self._failed[request] = exc
+        self._callbacks.pop(request, None)

@@ -324,18 +324,25 @@ class HFEngine(LocalPrompts):
         if not keep:
             batch.rows, batch.logits = [], None
             return done
-        device = self.device
-        step_tokens = torch.tensor([tokens[b] for b in keep], dtype=torch.long, device=device)
+        step_tokens = torch.tensor([tokens[b] for b in keep], dtype=torch.long, device=self.device)
         if done:
-            index = torch.tensor(keep, dtype=torch.long, device=device)
-            attention = kv_layers.trim_left_padding(batch.cache, batch.attention[index])  # first: the copy skips them
-            batch.cache.batch_select_indices(index)
-            batch.attention, batch.positions = attention, batch.positions[index]
-            batch.rows = [batch.rows[b] for b in keep]
+            batch.logits = None  # spent: the forward below gives the kept rows' next ones
+            self._keep_rows(batch, keep)
         batch.attention = torch.cat([batch.attention, batch.attention.new_ones((len(batch.rows), 1))], dim=1)
         batch.logits = self._forward(step_tokens[:, None], batch.attention, batch.positions[:, None], batch.cache)
         batch.positions = batch.positions + 1
         return done
+
+    def _keep_rows(self, batch: _Batch, keep: list[int]) -> None:
+        """Keep only the rows at positions ``keep`` (in order, at least one) of ``batch``: their keys and values,
+        mask, positions and pending logits; the others leave it (finished rows, a cancelled request)."""
+        index = self._torch.tensor(keep, dtype=self._torch.long, device=self.device)
+        attention = kv_layers.trim_left_padding(batch.cache, batch.attention[index])  # first: the copy skips them
+        batch.cache.batch_select_indices(index)
+        batch.attention, batch.positions = attention, batch.positions[index]
+        if batch.logits is not None:
+            batch.logits = batch.logits[index]
+        batch.rows = [batch.rows[b] for b in keep]
 
     def _merge(self, batch: _Batch, other: _Batch) -> None:
         """Append ``other``'s rows to ``batch`` (both between decode steps, every row with pending logits):

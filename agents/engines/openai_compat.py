@@ -24,6 +24,11 @@ sampled ids and the text keeps a matched stop string, as local engines do. Serve
 ignore the fields give ``token_ids=None`` (log-probs still come back where the server
 returns them; log-prob tokens written as ``token_id:N`` are read as ids).
 
+API keys: ``$OPENAI_API_KEY`` goes to the official API alone (``https://api.openai.com``).
+Any other server gets a key only when the caller names it, ``api_key=...`` or
+``api_key_env=NAME`` (the variable to read, e.g. ``--engine-kwarg api_key_env=MY_SERVER_KEY``),
+so a recipe or script that points ``openai:URL`` at someone's host cannot collect the key.
+
 Failures are retried ``max_retries`` times with exponential backoff (and the server's
 ``Retry-After``) on connection errors, timeouts, 408/409/429 and 5xx; what remains is a
 :class:`turngym.errors.EngineError` that names the URL and the fix.
@@ -39,8 +44,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from turngym.agents.engines.base import OnText, per_prompt_sampling
@@ -63,7 +69,11 @@ class OpenAIEngine:
     Args:
         base_url: the API root, e.g. ``http://127.0.0.1:8000/v1``.
         model: the model id to request (default: the first of the server's ``/v1/models``).
-        api_key: default ``$OPENAI_API_KEY``, else ``"EMPTY"`` (local servers take any key).
+        api_key: the key to send, to whatever host ``base_url`` names.
+        api_key_env: the environment variable holding the key to send (to any host), e.g.
+            ``"OPENAI_API_KEY"`` for a server that takes that key. Without either,
+            ``$OPENAI_API_KEY`` is sent to ``https://api.openai.com`` only and every other
+            server gets ``"EMPTY"`` (local servers take any key).
         mode: ``"chat"`` or ``"completions"``: how chat messages are sent (module docstring).
         timeout: seconds per request.
         max_retries: retries of a failed request (connection errors, timeouts, 408/409/429, 5xx).
@@ -77,7 +87,7 @@ class OpenAIEngine:
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, mode: str = "chat",
                  timeout: float = 60.0, max_retries: int = 3, max_concurrency: int = 8, backoff: float = 0.5,
                  extensions: bool | None = None, extra_body: dict[str, Any] | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, api_key_env: str | None = None) -> None:
         if mode not in ("chat", "completions"):
             raise ValueError(f"OpenAIEngine mode must be 'chat' or 'completions', got {mode!r}")
         if max_concurrency < 1:
@@ -97,8 +107,8 @@ class OpenAIEngine:
         host = urlsplit(self.base_url).hostname or ""
         self.extensions = (host != "api.openai.com") if extensions is None else extensions
         self.extra_body = dict(extra_body or {})
-        self.client = self._openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY")
-                                          or "EMPTY", timeout=timeout, max_retries=0)
+        key = api_key_for(self.base_url, api_key, api_key_env)
+        self.client = self._openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=0)
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="turngym-openai")
         self._on_text_lock = threading.Lock()
         self.model = model or self._first_model()
@@ -290,7 +300,9 @@ class OpenAIEngine:
         status = getattr(exc, "status_code", None)
         if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
             return EngineError(f"{self.base_url} rejected the API key (HTTP {status}: {message}); pass "
-                               "OpenAIEngine(api_key=...) or set OPENAI_API_KEY")
+                               "OpenAIEngine(api_key=...) or api_key_env=NAME, the variable that holds it (e.g. "
+                               "--engine-kwarg api_key_env=OPENAI_API_KEY: $OPENAI_API_KEY alone goes only to "
+                               f"https://{OFFICIAL_API_HOST})")
         if isinstance(exc, openai.NotFoundError):
             model = getattr(self, "model", None)
             if model is not None and endpoint != "/models":
@@ -310,6 +322,29 @@ class OpenAIEngine:
         if status >= 500:
             return EngineError(f"{url} failed with HTTP {status}{tries}: {message}")
         return EngineError(f"{url} rejected the request (HTTP {status}): {message}")
+
+
+#: The one host that gets ``$OPENAI_API_KEY`` without being told to (over https).
+OFFICIAL_API_HOST = "api.openai.com"
+
+
+def api_key_for(base_url: str, api_key: str | None = None, api_key_env: str | None = None) -> str:
+    """The key to send to ``base_url``: ``api_key``; else the variable ``api_key_env`` names; else
+    ``$OPENAI_API_KEY`` for ``https://api.openai.com`` alone; else ``"EMPTY"``."""
+    if api_key and api_key_env:
+        raise ValueError("OpenAIEngine takes api_key or api_key_env, not both")
+    if api_key:
+        return api_key
+    if api_key_env:
+        value = os.environ.get(api_key_env)
+        if not value:
+            raise EngineError(f"api_key_env={api_key_env!r} names an environment variable that is not set or empty; "
+                              "set it, or pass api_key=...")
+        return value
+    url = urlsplit(base_url)
+    if url.scheme == "https" and url.hostname == OFFICIAL_API_HOST and url.port in (None, 443):
+        return os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    return "EMPTY"
 
 
 #: Request fields the openai client takes as keyword arguments (the rest go in extra_body).

@@ -249,20 +249,31 @@ class HTTPRetriever:
         url: the server, e.g. ``http://127.0.0.1:8000`` (``/retrieve`` is added).
         timeout: seconds per request.
         retries: extra attempts after a connection error (not after an HTTP error answer).
+        api_key: the key of a server started with ``--api-key`` (sent as ``Authorization: Bearer``).
+        api_key_env: or the environment variable that holds it (keeps the key out of env kwargs and logs).
     """
 
     name = "http"
 
-    def __init__(self, url: str, timeout: float = 30.0, retries: int = 2):
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 2, api_key: str | None = None,
+                 api_key_env: str | None = None):
         self.url = retrieve_url(url)
         self.timeout = float(timeout)
         self.retries = int(retries)
+        if api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise TurngymError(f"api_key_env={api_key_env!r} names an environment variable that is not set or "
+                                   "empty; set it to the retrieval server's --api-key")
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
 
     def search(self, queries: list[str], k: int) -> list[list[Hit]]:
         if not queries:
             return []
         body = json.dumps({"queries": list(queries), "topk": int(k), "return_scores": True}).encode()
-        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(self.url, data=body, headers=self._headers)
         last: Exception | None = None
         for _ in range(self.retries + 1):
             try:

@@ -1,7 +1,7 @@
 """``turngym serve-retriever``: a Search-R1-compatible retrieval server over any of our retrievers.
 
     turngym serve-retriever [--retriever bm25|dense] [--corpus synthetic|wiki | --corpus-file PASSAGES]
-                            [--host 127.0.0.1] [--port 8000]
+                            [--host 127.0.0.1] [--port 8000] [--api-key KEY]
 
 One server, many env workers: start it once, then make every env with
 ``gym.make("turngym/Search-v0", retriever="http://127.0.0.1:8000")``; the
@@ -15,8 +15,13 @@ The API is Search-R1's ``retrieval_server.py``:
   "text"}, "score": 12.3}, ...], ...]}`` (one list per query, best first;
   without ``return_scores`` each list holds the documents themselves).
   ``contents`` is ``"title\\ntext"`` as in wiki-18; ``topk`` defaults to the
-  server's ``--topk``.
+  server's ``--topk`` when absent (or null); any other value must be an
+  integer in 1..100 (else 422, as for every malformed body).
 * ``GET /health`` answers ``{"status": "ok", "retriever", "corpus", "passages"}``.
+
+With ``--api-key KEY`` every route but ``/health`` needs ``Authorization: Bearer
+KEY`` (compared in constant time; else 401); clients pass it as
+``retriever_options={"api_key_env": "NAME"}`` (or ``"api_key"``).
 
 It listens on 127.0.0.1 unless told otherwise. fastapi and uvicorn (the
 ``serve`` extra) are imported when the server starts, so the CLI can import
@@ -27,6 +32,7 @@ This module depends on nothing of ours but this package and :mod:`turngym.errors
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations (Request) at runtime.
 import argparse
+import hmac
 import socket
 import sys
 from typing import Any
@@ -47,14 +53,36 @@ def _error(status: int, message: str) -> Any:
     return JSONResponse({"error": {"message": message}}, status_code=status)
 
 
-def create_app(retriever: Retriever, corpus: Corpus | None = None, default_topk: int = 3) -> Any:
-    """A FastAPI app serving ``retriever`` under Search-R1's ``/retrieve`` API."""
+class _KeyCheck:
+    """``Authorization: Bearer KEY`` on every route but ``/health``, compared in constant time (plain ASGI)."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") != "/health":
+            sent = dict(scope.get("headers") or []).get(b"authorization", b"")
+            # hmac.compare_digest: the time taken tells nothing of how much of the key was right
+            if not hmac.compare_digest(sent, self.expected):
+                await _error(401, "invalid API key: send 'Authorization: Bearer KEY' with the server's --api-key "
+                                  "(the Search env: retriever_options={'api_key_env': NAME})")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(retriever: Retriever, corpus: Corpus | None = None, default_topk: int = 3,
+               api_key: str | None = None) -> Any:
+    """A FastAPI app serving ``retriever`` under Search-R1's ``/retrieve`` API; with ``api_key``, requests must
+    send ``Authorization: Bearer <api_key>`` (``/health`` aside)."""
     require("fastapi", "serve", "turngym serve-retriever")
     from fastapi import FastAPI, Request
     from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="turngym retriever", docs_url=None, redoc_url=None)
     app.state.retriever = retriever
+    if api_key:
+        app.add_middleware(_KeyCheck, api_key=api_key)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -65,7 +93,7 @@ def create_app(retriever: Retriever, corpus: Corpus | None = None, default_topk:
     async def retrieve(request: Request) -> Any:
         try:
             body = await request.json()
-        except Exception:
+        except ValueError:  # not JSON, or not UTF-8
             return _error(400, "the body must be JSON: {\"queries\": [\"...\"], \"topk\": 3, \"return_scores\": true}")
         if not isinstance(body, dict):
             return _error(422, "the body must be a JSON object with 'queries'")
@@ -76,7 +104,9 @@ def create_app(retriever: Retriever, corpus: Corpus | None = None, default_topk:
             return _error(422, "'queries' must be a list of strings")
         if len(queries) > MAX_QUERIES:
             return _error(422, f"'queries' holds {len(queries)} queries; send at most {MAX_QUERIES} per request")
-        topk = body.get("topk") or default_topk
+        topk = body.get("topk")
+        if topk is None:  # absent: the server's default; 0 or -1 are errors, not a request for the default
+            topk = default_topk
         if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= MAX_TOPK:
             return _error(422, f"'topk' must be an integer in 1..{MAX_TOPK}, got {body.get('topk')!r}")
         with_scores = bool(body.get("return_scores", False))
@@ -129,6 +159,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topk", type=int, default=3, help="passages per query when a request gives no topk")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on every request but /health (clients: the Search "
+                             "env's retriever_options={'api_key_env': NAME})")
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -148,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"turngym serve-retriever: indexing {len(corpus)} passages of {corpus.name!r} with {args.retriever} ...",
           file=sys.stderr, flush=True)
     retriever = make_retriever(args.retriever, corpus)
-    app = create_app(retriever, corpus, default_topk=args.topk)
+    app = create_app(retriever, corpus, default_topk=args.topk, api_key=args.api_key)
     url = f"http://{args.host}:{args.port}"
     print(f"turngym serve-retriever: {args.retriever} over {corpus.name!r} at {url}/retrieve; e.g. "
           f"gym.make('turngym/Search-v0', retriever='{url}')", file=sys.stderr, flush=True)

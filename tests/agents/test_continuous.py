@@ -131,6 +131,58 @@ def test_changing_weights_under_running_rows_is_refused(engine):
     assert len(drain(fresh)) == 1
 
 
+def test_a_cancelled_request_leaves_and_the_others_decode_as_generate_does(engine):
+    """A client that goes away: its request leaves the queue or the running batch (its row freed at once), and
+    the requests beside it get exactly the tokens generate gives them."""
+    ps = params(6)
+    want = engine.generate(TEXTS[:6], ps)
+    session = engine.session(admit_fraction=1.0)
+    ids = [session.submit(TEXTS[i], ps[i]) for i in range(6)]  # 4 run (max_batch_size=4), 2 wait
+    session.step()
+    assert session.running == 4 and session.waiting == 2
+    assert session.cancel(ids[1]) and session.cancel(ids[5])  # one running, one waiting
+    assert session.running == 3 and session.waiting == 1
+    assert not session.cancel(ids[1])  # gone already
+    got = drain(session)
+    assert sorted(got) == [ids[i] for i in (0, 2, 3, 4)]
+    for i in (0, 2, 3, 4):
+        assert got[ids[i]].token_ids == want[i].token_ids and got[ids[i]].text == want[i].text
+    last = session.submit(TEXTS[0], ps[0])  # the only running row, cancelled: the batch empties
+    session.step()
+    assert session.cancel(last) and session.running == 0 and session.step() == []
+
+
+def test_a_request_whose_prefill_fails_fails_alone(engine, monkeypatch):
+    """Admission faults are the admitted request's own: the group is retried row by row, the row at fault is
+    named in RequestsFailed, and every other request runs on to generate's tokens."""
+    from turngym.agents.engines.base import RequestsFailed
+
+    poison = engine.encode_text("POISON")
+    real_open = engine._open
+
+    def open_rows(rows):
+        if any(r.prompt_ids == poison for r in rows):
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real_open(rows)
+
+    monkeypatch.setattr(engine, "_open", open_rows)
+    ps = params(3)
+    want = engine.generate(TEXTS[:3], ps)
+    session = engine.session(admit_fraction=0.0)
+    ids = [session.submit(TEXTS[0], ps[0])]
+    session.step()  # running
+    bad = session.submit(poison, SamplingParams(max_tokens=5, temperature=0.0))
+    ids += [session.submit(TEXTS[i], ps[i]) for i in (1, 2)]  # admitted in one group with the poison
+    with pytest.raises(RequestsFailed, match="out of memory") as info:
+        session.step()
+    assert list(info.value.failures) == [bad] and session.running == 3
+    got = {r: c for r, c in info.value.finished}
+    got.update(drain(session))
+    assert sorted(got) == ids
+    for i, request in enumerate(ids):
+        assert got[request].token_ids == want[i].token_ids
+
+
 def test_engines_without_sessions_run_lockstep_and_say_so():
     engine = ScriptedEngine(["Thought: x\nAction: 1 + 1"])
     assert EpisodeRunner(G24, make_agent("react", G24), engine).schedule == "lockstep"

@@ -224,7 +224,72 @@ def test_auth_errors_say_which_key():
 def test_env_api_key_is_used(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "from-env")
     with ServerThread(create_app(EchoEngine(), api_key="from-env")) as srv:
-        assert OpenAIEngine(srv.url).model == "echo"
+        # a server other than api.openai.com gets the environment's key when the user names it (issue 17)
+        assert OpenAIEngine(srv.url, api_key_env="OPENAI_API_KEY").model == "echo"
+
+
+@pytest.fixture()
+def key_recorder():
+    """A stand-in OpenAI-compatible server on 127.0.0.1 that records each request's Authorization header."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "created": 0,
+                                                           "owned_by": "someone"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_environment_key_is_sent_to_another_host_only_when_named(monkeypatch, key_recorder):
+    """A recipe that points openai:URL at someone's host must not collect $OPENAI_API_KEY."""
+    url, seen = key_recorder
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    monkeypatch.setenv("MY_SERVER_KEY", "local-key")
+    assert OpenAIEngine(url).model == "m"
+    make_engine(f"openai:{url}")
+    OpenAIEngine(url, api_key_env="OPENAI_API_KEY")
+    make_engine(f"openai:{url}", api_key_env="MY_SERVER_KEY")
+    OpenAIEngine(url, api_key="explicit")
+    assert seen == ["Bearer EMPTY", "Bearer EMPTY", "Bearer sk-secret", "Bearer local-key", "Bearer explicit"]
+    with pytest.raises(EngineError, match="api_key_env='NOT_SET_ANYWHERE'.*not set"):
+        OpenAIEngine(url, api_key_env="NOT_SET_ANYWHERE")
+    with pytest.raises(ValueError, match="not both"):
+        OpenAIEngine(url, api_key="a", api_key_env="MY_SERVER_KEY")
+
+
+def test_the_official_api_gets_the_environment_key_over_https_only(monkeypatch):
+    from turngym.agents.engines.openai_compat import api_key_for
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    assert api_key_for("https://api.openai.com/v1") == "sk-secret"
+    assert api_key_for("https://API.openai.com:443/v1") == "sk-secret"
+    for url in ("http://api.openai.com/v1", "https://api.openai.com.evil.example/v1",
+                "https://api.openai.com@evil.example/v1", "https://evil.example/api.openai.com/v1",
+                "https://api.openai.com:8443/v1", "http://127.0.0.1:8000/v1"):
+        assert api_key_for(url) == "EMPTY", url
+    # built without a request (the model is given): the client holds the key it will send
+    assert OpenAIEngine("https://api.openai.com/v1", model="gpt-4o-mini").client.api_key == "sk-secret"
+    assert OpenAIEngine("https://proxy.example/v1", model="gpt-4o-mini").client.api_key == "EMPTY"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert api_key_for("https://api.openai.com/v1") == "EMPTY"
 
 
 def test_timeouts_are_explained():

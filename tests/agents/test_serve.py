@@ -427,6 +427,177 @@ def test_api_key_is_enforced():
         assert httpx.get(server.url[:-3] + "/health").status_code == 200
 
 
+# ---- limits and who may call (issue 17): each refusal is a clear 4xx ----------------------------
+
+
+class ContextEcho(EchoEngine):
+    """An echo engine that knows its context length (``ContextLimited``)."""
+
+    def __init__(self, max_context: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_context = max_context
+
+
+def test_max_tokens_is_capped_by_the_context_and_the_server_limit(http):
+    engine = ContextEcho(max_context=300)
+    with ServerThread(create_app(engine, max_tokens_limit=1000, default_chat_max_tokens=500)) as server:
+        url = server.url
+        response = http.post(url + "/completions", json={"prompt": "x", "max_tokens": 301})
+        assert response.status_code == 400
+        error = _error(response)
+        assert error["param"] == "max_tokens" and "<= 300" in error["message"] and "context" in error["message"]
+        assert http.post(url + "/completions", json={"prompt": "x", "max_tokens": 300}).status_code == 200
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        response = http.post(url + "/chat/completions", json={**chat, "max_completion_tokens": 10**9})
+        assert response.status_code == 400 and _error(response)["param"] == "max_completion_tokens"
+        assert http.post(url + "/chat/completions", json=chat).status_code == 200
+        assert engine.samplings[-1].max_tokens == 300  # the default (500) is lowered to the cap, not refused
+    with ServerThread(create_app(EchoEngine(), max_tokens_limit=64)) as server:  # no context known: the flag
+        response = http.post(server.url + "/completions", json={"prompt": "x", "max_tokens": 65})
+        assert response.status_code == 400 and "--max-tokens-limit" in _error(response)["message"]
+
+
+def test_a_request_for_too_many_completions_gets_400():
+    engine = EchoEngine()
+    with ServerThread(create_app(engine, max_request_jobs=8)) as server, httpx.Client() as http:
+        url = server.url + "/completions"
+        response = http.post(url, json={"prompt": ["a", "b", "c"], "n": 3})
+        assert response.status_code == 400
+        error = _error(response)
+        assert error["param"] == "n" and error["code"] == "too_many_completions" and "9 completions" in error["message"]
+        response = http.post(url, json={"prompt": [str(k) for k in range(9)]})
+        assert response.status_code == 400 and _error(response)["param"] == "prompt"
+        response = http.post(server.url + "/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                                     "n": 9})
+        assert response.status_code == 400 and _error(response)["param"] == "n"
+        assert http.post(url, json={"prompt": ["a", "b"], "n": 4}).status_code == 200
+    assert sum(engine.batches) == 8  # only the request within the limit reached the engine
+
+
+def test_a_full_queue_answers_429_with_retry_after():
+    engine = EchoEngine()
+    with ServerThread(create_app(engine, max_request_jobs=3, max_pending_jobs=4)) as server, \
+            httpx.Client() as http:
+        scheduler = server.app.state.scheduler
+        gate = threading.Event()
+        assert scheduler.call(lambda: gate.wait(30), lambda kind, payload: None) is not None  # holds 1 of 4
+        answers: list = []
+        first = threading.Thread(target=lambda: answers.append(
+            http.post(server.url + "/completions", json={"prompt": ["a", "b", "c"], "max_tokens": 50})))
+        first.start()
+        deadline = time.monotonic() + 30
+        while scheduler.live() < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        busy = http.post(server.url + "/completions", json={"prompt": "d"})
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        error = _error(busy)
+        assert error["code"] == "server_busy" and "--max-pending-jobs" in error["message"]
+        busy = http.post(server.url[:-3] + "/tokenize", json={"messages": [{"role": "user", "content": "d"}]})
+        assert busy.status_code == 429
+        gate.set()
+        first.join(30)
+        assert answers[0].status_code == 200 and len(answers[0].json()["choices"]) == 3
+        assert http.post(server.url + "/completions", json={"prompt": "d"}).status_code == 200  # room again
+        assert scheduler.stats.refused == 2 and scheduler.live() == 0
+    assert sorted(engine.batches) == [1, 3]
+
+
+def test_a_body_over_the_limit_gets_413_declared_or_chunked(http):
+    with ServerThread(create_app(EchoEngine(), max_body_bytes=2000)) as server:
+        url = server.url + "/completions"
+        response = http.post(url, json={"prompt": "x" * 3000})
+        assert response.status_code == 413 and _error(response)["code"] == "body_too_large"
+        assert "2000 bytes" in _error(response)["message"]
+        body = json.dumps({"prompt": "x" * 3000}).encode()
+        chunked = (body[i:i + 500] for i in range(0, len(body), 500))  # no Content-Length: counted as it comes
+        response = http.post(url, content=chunked, headers={"content-type": "application/json"})
+        assert response.status_code == 413
+        assert http.post(url, json={"prompt": "x" * 1000, "max_tokens": 5}).status_code == 200
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
+                                          None])
+def test_a_body_not_sent_as_json_gets_415(http, echo, content_type):
+    """A web page can POST text/plain or a form to any server without asking first; it cannot send JSON."""
+    _, server, _ = echo
+    headers = {"content-type": content_type} if content_type else {}
+    response = http.post(server.url + "/completions", content=json.dumps({"prompt": "x"}), headers=headers)
+    assert response.status_code == 415 and _error(response)["code"] == "unsupported_media_type"
+    response = http.post(server.url + "/completions", content=json.dumps({"prompt": "x", "max_tokens": 3}),
+                         headers={"content-type": "application/json; charset=utf-8"})
+    assert response.status_code == 200
+
+
+def test_the_host_header_must_name_the_bound_address(http):
+    """DNS rebinding: a page from evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example."""
+    from turngym.http_server import default_allowed_hosts
+
+    with ServerThread(create_app(EchoEngine())) as server:
+        port = server.port
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+            response = http.get(server.url + "/models", headers={"host": host})
+            assert response.status_code == 400 and _error(response)["code"] == "host_not_allowed", host
+            assert "--allowed-hosts" in _error(response)["message"]
+        response = http.post(server.url + "/completions", json={"prompt": "x"}, headers={"host": "evil.example"})
+        assert response.status_code == 400
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+            assert http.get(server.url + "/models", headers={"host": host}).status_code == 200, host
+    with ServerThread(create_app(EchoEngine(), allowed_hosts=("box.lan",))) as server:
+        assert http.get(server.url + "/models", headers={"host": f"box.lan:{server.port}"}).status_code == 200
+        assert http.get(server.url + "/models").status_code == 400  # 127.0.0.1 was not named
+    with ServerThread(create_app(EchoEngine(), allowed_hosts=("*",))) as server:  # the opt-out
+        assert http.get(server.url + "/models", headers={"host": "evil.example"}).status_code == 200
+    assert default_allowed_hosts("127.0.0.1") == ("localhost", "127.0.0.1", "::1")
+    assert default_allowed_hosts("localhost") == ("localhost", "127.0.0.1", "::1")
+    assert default_allowed_hosts("::1") == ("localhost", "127.0.0.1", "::1")
+    assert default_allowed_hosts("127.0.0.2") == ("localhost", "127.0.0.1", "::1", "127.0.0.2")
+    assert default_allowed_hosts("10.1.2.3") == ("10.1.2.3",)
+    assert default_allowed_hosts("0.0.0.0") == ("*",) and default_allowed_hosts("::") == ("*",)
+
+
+def test_the_api_key_is_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    from turngym.agents import serve
+
+    compared = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(serve.hmac, "compare_digest", spy)
+    with ServerThread(create_app(EchoEngine(), api_key="s3cret")) as server:
+        for sent in ("s3creX", "s3cret-and-more"):
+            with pytest.raises(openai.AuthenticationError):
+                openai.OpenAI(base_url=server.url, api_key=sent, max_retries=0).models.list()
+        assert httpx.get(server.url + "/models").status_code == 401  # no header at all
+        assert openai.OpenAI(base_url=server.url, api_key="s3cret", max_retries=0).models.list().data
+    assert len(compared) == 4 and all(b == b"Bearer s3cret" for _, b in compared)
+    assert compared[2][0] == b""
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_disconnects_has_its_queued_jobs_cancelled(stream):
+    """The client gives up while its request waits behind the engine: the job never runs."""
+    engine = EchoEngine()
+    with ServerThread(create_app(engine, batch_wait_ms=1)) as server:
+        scheduler = server.app.state.scheduler
+        gate = threading.Event()
+        scheduler.call(lambda: gate.wait(30), lambda kind, payload: None)
+        with httpx.Client(timeout=0.5) as impatient, pytest.raises(httpx.ReadTimeout):
+            impatient.post(server.url + "/completions", json={"prompt": ["a", "b"], "max_tokens": 9, "stream": stream})
+        deadline = time.monotonic() + 30
+        while scheduler.live() > 1 and time.monotonic() < deadline:  # the two jobs are released at once
+            time.sleep(0.01)
+        assert scheduler.live() == 1
+        gate.set()
+        with httpx.Client() as http:  # the next request is answered, and runs alone
+            assert http.post(server.url + "/completions", json={"prompt": "c", "max_tokens": 5}).status_code == 200
+        assert scheduler.stats.cancelled == 2 and engine.batches == [1]
+
+
 def test_tokenize_endpoint_renders_with_the_engine(http, echo):
     _, server, _ = echo
     response = http.post(server.url[:-3] + "/tokenize",
@@ -455,6 +626,30 @@ def test_cli_has_serve():
     args = build_parser().parse_args(["serve", "--port", "8123", "--max-batch-size", "4"])
     assert args.port == 8123 and args.max_batch_size == 4 and args.model == "default"
     assert args.host == "127.0.0.1"
+
+
+def test_cli_serve_has_the_limit_flags_with_defaults(capsys):
+    from turngym.agents import openai_protocol as limits
+    from turngym.cli import build_parser, main
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.max_tokens_limit, args.max_request_jobs, args.max_pending_jobs, args.max_body_bytes) == (
+        limits.DEFAULT_MAX_TOKENS_LIMIT, limits.DEFAULT_MAX_REQUEST_JOBS, limits.DEFAULT_MAX_PENDING_JOBS,
+        limits.DEFAULT_MAX_BODY_BYTES)
+    assert args.allowed_hosts is None
+    args = build_parser().parse_args(["serve", "--max-tokens-limit", "512", "--max-request-jobs", "4",
+                                      "--max-pending-jobs", "16", "--max-body-bytes", "1000", "--allowed-hosts", "*"])
+    assert (args.max_tokens_limit, args.max_request_jobs, args.max_pending_jobs, args.max_body_bytes) == (
+        512, 4, 16, 1000)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--max-tokens-limit", "--max-request-jobs", "--max-pending-jobs", "--max-body-bytes",
+                 "--allowed-hosts", "--api-key"):
+        assert flag in text
+    assert "429" in text and "413" in text and "DNS rebinding" in text
+    assert main(["serve", "--model", "no-such-model", "--max-request-jobs", "10", "--max-pending-jobs", "5"]) == 2
+    assert "--max-request-jobs (10) must not exceed --max-pending-jobs (5)" in capsys.readouterr().err
 
 
 # ---- through the hf engine: token ids and log-probs equal a teacher-forced pass ---------------
@@ -597,3 +792,57 @@ def test_hf_a_request_arriving_mid_decode_joins_the_running_batch(tiny_engine, c
 
         direct = tiny_engine.generate(["x"], SamplingParams(max_tokens=3, temperature=1.0, seed=2))[0]
         assert short.token_ids == direct.token_ids
+
+
+def test_hf_a_stream_whose_client_disconnects_leaves_the_running_batch(tiny_engine):
+    """Continuous batching: the row of a client that went away is dropped at the next decode step."""
+    with ServerThread(create_app(tiny_engine, batch_wait_ms=1, continuous=True)) as server:
+        scheduler = server.app.state.scheduler
+        with httpx.Client() as http, http.stream("POST", server.url + "/completions", json={
+                "model": "hf:tiny", "prompt": "Thought: I", "max_tokens": 400, "seed": 1, "stream": True}) as r:
+            for k, _ in enumerate(r.iter_lines()):
+                if k == 4:
+                    break  # a few chunks in, the client leaves
+        deadline = time.monotonic() + 30
+        while (scheduler.stats.cancelled < 1 or scheduler.live()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert scheduler.stats.cancelled == 1 and scheduler.live() == 0
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)
+        assert client.completions.create(model="hf:tiny", prompt="x", max_tokens=3).choices[0].text is not None
+
+
+def test_hf_a_failing_row_fails_only_its_own_request(tiny_engine, monkeypatch):
+    """Continuous batching: a request whose prefill fails gets its error; the one decoding beside it goes on
+    to the tokens generate gives it."""
+    from turngym.agents.types import SamplingParams
+
+    poison = tiny_engine.encode_text("POISON")
+    real_open = tiny_engine._open
+
+    def open_rows(rows):
+        if any(r.prompt_ids == poison for r in rows):
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real_open(rows)
+
+    monkeypatch.setattr(tiny_engine, "_open", open_rows)
+    with ServerThread(create_app(tiny_engine, batch_wait_ms=1, continuous=True)) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)
+        started = threading.Event()
+        ids: list[int] = []
+
+        def long() -> None:
+            stream = client.completions.create(model="hf:tiny", prompt="Thought: I", max_tokens=120, seed=1,
+                                               temperature=1.0, stream=True, extra_body={"return_token_ids": True})
+            for k, chunk in enumerate(stream):
+                if k == 2:
+                    started.set()
+                ids.extend(getattr(chunk.choices[0], "token_ids", None) or [])
+
+        thread = threading.Thread(target=long)
+        thread.start()
+        assert started.wait(60)
+        with pytest.raises(openai.InternalServerError, match="out of memory"):
+            client.completions.create(model="hf:tiny", prompt=poison, max_tokens=3)
+        thread.join(60)
+    direct = tiny_engine.generate(["Thought: I"], SamplingParams(max_tokens=120, temperature=1.0, seed=1))[0]
+    assert ids == direct.token_ids

@@ -94,10 +94,54 @@ def test_server_speaks_search_r1s_api(server, bm25):
     ({"queries": [1, 2]}, "'queries' must be a list of strings"),
     ({"queries": ["q"], "topk": 0.5}, "'topk' must be an integer"),
     ({"queries": ["q"], "topk": 10_000}, "'topk' must be an integer in 1..100"),
+    ({"queries": ["q"], "topk": 0}, "'topk' must be an integer in 1..100, got 0"),  # not silently the default
+    ({"queries": ["q"], "topk": -2}, "'topk' must be an integer in 1..100, got -2"),
+    ({"queries": ["q"], "topk": False}, "'topk' must be an integer"),
 ])
 def test_server_rejects_bad_requests_with_a_message(server, body, message):
     status, answer = _post(server.url + "/retrieve", body)
     assert status == 422 and message in answer["error"]["message"]
+
+
+def test_a_null_topk_is_the_servers_default(server):
+    title = synthetic.corpus().get("city-3").title
+    status, body = _post(server.url + "/retrieve", {"queries": [title], "topk": None})
+    assert status == 200 and len(body["result"][0]) == 3
+
+
+def test_the_api_key_option_guards_retrieve_in_constant_time(bm25, monkeypatch):
+    pytest.importorskip("uvicorn")
+    import hmac
+
+    from turngym.envs.search import server as server_module
+    from turngym.envs.search.server import RetrieverServer, create_app
+
+    compared = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(server_module.hmac, "compare_digest", lambda a, b: compared.append(b) or real(a, b))
+    monkeypatch.setenv("RETRIEVER_KEY", "k3y")
+    with RetrieverServer(create_app(bm25, synthetic.corpus(), api_key="k3y")) as srv:
+        status, answer = _post(srv.url + "/retrieve", {"queries": ["Ostrin"]})
+        assert status == 401 and "--api-key" in answer["error"]["message"]
+        with pytest.raises(EnvFaultError, match="HTTP 401"):
+            HTTPRetriever(srv.url, api_key="wrong").search(["Ostrin"], 2)
+        title = synthetic.corpus().get("city-3").title
+        assert HTTPRetriever(srv.url, api_key="k3y").search([title], 2)[0][0].passage.id == "city-3"
+        env = turngym.make("turngym/Search-v0", retriever=srv.url, retriever_options={"api_key_env": "RETRIEVER_KEY"})
+        env.reset(options={"task_id": "test/0"})
+        assert env.step(f"<search>{title}</search>")[4]["action_valid"]
+        with urllib.request.urlopen(srv.url + "/health", timeout=10) as r:  # open: a liveness probe has no key
+            assert json.loads(r.read())["status"] == "ok"
+    assert compared and all(b == b"Bearer k3y" for b in compared)
+    with pytest.raises(turngym.errors.TurngymError, match="NO_SUCH_VAR"):
+        HTTPRetriever("http://127.0.0.1:1", api_key_env="NO_SUCH_VAR")
+
+
+def test_serve_retriever_cli_has_an_api_key_option():
+    from turngym.cli import build_parser
+
+    assert build_parser().parse_args(["serve-retriever", "--api-key", "k"]).api_key == "k"
+    assert build_parser().parse_args(["serve-retriever"]).api_key is None
 
 
 def test_http_client_returns_what_the_local_retriever_does(server, bm25):
