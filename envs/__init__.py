@@ -164,6 +164,12 @@ register(
     max_episode_steps=5,  # Search-R1: max_turns=4 search turns + the answer turn
     description="Answer questions by searching a corpus with <search>/<answer> turns, exact-match reward (Search-R1).",
 )
+register(
+    "turngym/WebShop-v0",
+    entry_point="turngym.envs.webshop.env:WebShopEnv",
+    max_episode_steps=15,  # verl-agent's WebShop budget
+    description="WebShop: search a shop, open products, choose options and buy what the instruction asks for; WebShop's pages, actions and reward (text or real-browser mode).",
+)
 register(  # PettingZoo (multi-agent): not in gym.registry; build it with turngym.envs.werewolf.env(**config)
     "turngym/Werewolf-v0",
     entry_point="turngym.envs.werewolf:env",
