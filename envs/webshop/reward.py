@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 import threading
+from functools import lru_cache
 from typing import Any
 
 from turngym.errors import TaskError, require
@@ -143,10 +144,15 @@ def resolve_tagger(nouns: str) -> str:
 def title_nouns(title: str, nouns: str = "auto") -> list[str]:
     """The lowercased NOUN/PROPN tokens of ``title`` (goal.py's ``purchased_type_parse``)."""
     if resolve_tagger(nouns) == "spacy":
-        with _SPACY_LOCK:  # a spaCy pipeline is not documented as thread-safe
-            doc = _SPACY["nlp"](title)
-        return [t.text.lower() for t in doc if t.pos_ in ("PNOUN", "NOUN", "PROPN")]
+        return list(_spacy_nouns(title))
     return heuristic_nouns(title)
+
+
+@lru_cache(maxsize=65536)
+def _spacy_nouns(title: str) -> tuple[str, ...]:
+    with _SPACY_LOCK:  # a spaCy pipeline is not documented as thread-safe
+        doc = _SPACY["nlp"](title)
+    return tuple(t.text.lower() for t in doc if t.pos_ in ("PNOUN", "NOUN", "PROPN"))
 
 
 # ---- the four parts of goal.py's reward -----------------------------------------------------
