@@ -1,5 +1,5 @@
-"""File helpers: atomic writes (a reader sees the old file or the whole new one, never half of one) and
-the files shipped inside installed wheels (`package_files`).
+"""File helpers: atomic writes (a reader sees the old file or folder or the whole new one, never half of one,
+even after a crash or a power cut) and the files shipped inside installed wheels (`package_files`).
 
 Depends on nothing else of ours, so any layer may import it.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,27 +16,71 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path`` (its folder is created) to write to: renamed onto ``path`` when the
-    block ends, removed when it raises (Ctrl-C included)."""
+    """A temporary path beside ``path`` (its folder is created) to write a file or a folder to; when the
+    block ends it is fsynced (a folder: every file and folder in it), renamed onto ``path`` (an existing
+    folder is replaced) and the parent folder is fsynced, so the new content is on disk before its name
+    is and the rename itself survives a power cut. Removed when the block raises (Ctrl-C included)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tag = f"{os.getpid()}.{threading.get_ident()}"
+    tmp = path.with_name(f"{path.name}.{tag}.tmp")
     try:
         yield tmp
-        os.replace(tmp, path)
+        if tmp.is_dir():
+            fsync_tree(tmp)
+            if path.is_dir():  # a rename cannot replace a non-empty folder: move the old one aside first
+                old = path.with_name(f"{path.name}.{tag}.old")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        else:
+            fsync_file(tmp)
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    """Write ``text`` (UTF-8) to ``path`` atomically and durably; returns the path."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
-__all__ = ["atomic_path", "write_text_atomic"]
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's content to the disk."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (names created, renamed or removed in it) to the disk; a no-op on Windows,
+    which cannot open a folder and commits its entries with the rename."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file and folder under ``folder`` (and the folder itself), deepest first."""
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
+__all__ = ["atomic_path", "fsync_dir", "fsync_file", "fsync_tree", "write_text_atomic"]
 
 
 def package_files(distribution: str) -> list[Path] | None:

@@ -45,11 +45,17 @@ One iteration (:meth:`RLTrainer.iteration`):
 7. **Sync and log.** The engine sees the new weights; metrics go to
    ``metrics.jsonl`` and TensorBoard; checkpoints every ``run.save_every``.
 
-Resume (``resume=True``): the newest complete checkpoint's weights,
-optimizer, scheduler, RNG states, log Z, EPO history and iteration are
-restored and ``metrics.jsonl`` is cut back to that iteration; since tasks,
-sampling seeds and mini-batch order derive from ``(run.seed, iteration)``,
-a resumed run logs the same metrics as an uninterrupted one on CPU.
+Resume (``resume=True``): the newest checkpoint that loads (a corrupt one
+is skipped with a warning) gives back the weights, optimizer, scheduler,
+RNG states, log Z, EPO history, SPA's progress replay and iteration, after
+its config is compared with the resumed run's (changes reported, changes
+to the keys of :data:`~turngym.trainers.runlog.RESUME_FIXED` refused);
+``metrics.jsonl`` is cut back to that iteration (to nothing when no
+checkpoint exists: the run starts afresh), and an evaluation already logged
+for it is not repeated. Since tasks, sampling seeds and mini-batch order
+derive from ``(run.seed, iteration)``, a run killed at any point (``kill
+-9`` included) and resumed logs the same metrics and ends with the same
+weights as an uninterrupted one on CPU (tests/trainers/test_kill_resume.py).
 Data parallel (torchrun): :mod:`turngym.trainers.distributed`.
 
 Depends on ``turngym.agents``, ``turngym.credit``, ``turngym.kernels`` and
@@ -78,7 +84,8 @@ from turngym.trainers.credit_inputs import SPAProgressState
 from turngym.trainers.distributed import Distributed, NullLog
 from turngym.trainers.runlog import (
     MetricsLog,
-    latest_checkpoint,
+    check_resume_config,
+    load_newest,
     load_state,
     rng_state,
     save_checkpoint,
@@ -164,6 +171,8 @@ class RLTrainer:
         self.credit_metrics: dict[str, float] = {}
         self.iteration_done = 0
         self.weights_version = 0
+        self.resumed_from: Path | None = None
+        self._evaluated_at = -1  # an iteration whose eval record metrics.jsonl holds already (resume)
 
         if resume:
             self._resume()
@@ -175,8 +184,12 @@ class RLTrainer:
 
         if self.dist.main:
             write_atomic(self.run_dir / "config.yaml", dump_yaml(cfg))
-            if resume:
-                self.log.truncate_after(self.iteration_done)
+            if resume:  # without a checkpoint the run starts afresh: none of the old records stay
+                kept = self.log.truncate_after(self.iteration_done if self.resumed_from is not None else -1)
+                if any(r.get("kind") == "eval" and r.get("iteration") == self.iteration_done for r in kept):
+                    self._evaluated_at = self.iteration_done
+        if resume and self.dist.world > 1:
+            self._evaluated_at = self.dist.broadcast_object(self._evaluated_at)
         self.dist.barrier()
 
     # ---- setup ------------------------------------------------------------------------------------------
@@ -272,12 +285,20 @@ class RLTrainer:
         return path
 
     def _resume(self) -> None:
+        found = load_newest(self.run_dir, self._load_checkpoint)
+        if found is None:
+            print(f"turngym train: no checkpoint in {self.run_dir}: starting afresh", flush=True)
+            return
+        self.resumed_from = found[0]
+        print(f"turngym train: resumed from {found[0]} (iteration {self.iteration_done})", flush=True)
+
+    def _load_checkpoint(self, ckpt: Path) -> dict[str, Any]:
+        """Restore everything from ``ckpt`` (after the config check); raises before or while restoring
+        when a file is corrupt, and the next older checkpoint then overwrites all of it."""
         from turngym.trainers.model import load_weights_into
 
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
-            return
         state = load_state(ckpt)
+        check_resume_config(state.get("config") or self._saved_config(), to_dict(self.cfg), ckpt)
         load_weights_into(self.model, ckpt)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -289,7 +310,17 @@ class RLTrainer:
         self.spa_state.load_state_dict(state.get("spa_progress"))
         self.iteration_done = int(state["iteration"])
         self.weights_version = int(state.get("weights_version", 0))
-        print(f"turngym train: resumed from {ckpt} (iteration {self.iteration_done})", flush=True)
+        return state
+
+    def _saved_config(self) -> dict[str, Any] | None:
+        """RUN_DIR/config.yaml as written by the run (for a checkpoint without its own copy)."""
+        path = self.run_dir / "config.yaml"
+        if not path.is_file():
+            return None
+        import yaml
+
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else None
 
     # ---- the loop -----------------------------------------------------------------------------------------
 
@@ -305,8 +336,8 @@ class RLTrainer:
             except ImportError:
                 bar = None
         last: dict[str, Any] = {}
-        evaluated_at = -1
-        if self.iteration_done == 0 and cfg.run.eval_tasks > 0:
+        evaluated_at = self._evaluated_at
+        if self.iteration_done == 0 and cfg.run.eval_tasks > 0 and evaluated_at != 0:
             last["eval"] = self.evaluate()
             evaluated_at = 0
         try:

@@ -1,4 +1,4 @@
-"""A run directory: metrics (JSONL + TensorBoard), atomic checkpoints with RNG states, learning-curve plots.
+"""A run directory: metrics (JSONL + TensorBoard), atomic checkpoints with RNG states, safe resume, plots.
 
 Layout of ``RUN_DIR``::
 
@@ -9,11 +9,24 @@ Layout of ``RUN_DIR``::
     latest                 the name of the newest complete checkpoint
     curves.png             `turngym plot RUN_DIR`
 
-Checkpoints are written to ``checkpoint-N.tmp`` and renamed when complete,
-and ``latest`` is replaced atomically, so a run killed at any moment leaves
-either the previous or the new checkpoint, never half of one. Resuming
-truncates ``metrics.jsonl`` to the checkpoint's iteration, so the resumed
-run's lines replace the lost ones instead of repeating them.
+Crash safety. A checkpoint is written into a temporary folder, every file
+and the folder are fsynced, then it is renamed to ``checkpoint-N`` and the
+run folder is fsynced (:func:`turngym.files.atomic_path`); ``latest`` is
+replaced the same way. A run killed at any moment (``kill -9``, a power cut)
+leaves the previous or the new checkpoint, never half of one. Metric lines
+are appended whole and fsynced; a line torn by a kill is dropped when the
+log is read or reopened. Resuming cuts ``metrics.jsonl`` back to the
+checkpoint's iteration, so the resumed run's lines replace the lost ones
+instead of repeating them.
+
+Safe loading. ``trainer_state.pt`` holds tensors and plain data only (numpy
+arrays become tagged tensors, see :func:`plain_state`) and is read with
+``torch.load(weights_only=True)``, so a run folder from someone else cannot
+run code. A newest checkpoint that does not load (a corrupt file) is skipped
+with a warning for the one before it (:func:`load_newest`). The config of
+the resumed run is compared with the checkpoint's (:func:`check_resume_config`):
+every change is reported, and changes to the keys in :data:`RESUME_FIXED`
+(shapes of the saved state, or what it means) are refused.
 """
 
 from __future__ import annotations
@@ -23,23 +36,38 @@ import math
 import os
 import random
 import shutil
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from turngym.files import write_text_atomic
+from turngym.errors import TurngymError
+from turngym.files import atomic_path, write_text_atomic
 
 STATE_FILE = "trainer_state.pt"
+_T = TypeVar("_T")
+
+
+class ResumeWarning(UserWarning):
+    """Resuming went on past something the user should know: a skipped checkpoint, a changed config key,
+    a torn metrics line."""
+
+
+class ResumeRefused(TurngymError):
+    """The resumed run's config changes a key the checkpoint's state depends on."""
 
 
 # ---- metrics -------------------------------------------------------------------------------------------
 
 
 class MetricsLog:
-    """Appends metric dicts to ``metrics.jsonl`` (flushed per line) and to TensorBoard."""
+    """Appends metric dicts to ``metrics.jsonl`` (each line written whole, flushed and fsynced) and to
+    TensorBoard. Opening it drops a torn last line (a record a killed run never finished writing)."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
         self.tb = None
         if tensorboard:
             try:
@@ -49,11 +77,27 @@ class MetricsLog:
             except Exception:  # noqa: BLE001 (tensorboard missing or broken: JSONL only)
                 self.tb = None
 
+    def _drop_torn_tail(self) -> None:
+        # Appending after a line without its newline would glue two records into one unreadable line.
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+        warnings.warn(f"{str(self.path)!r} ended in a torn line (a killed run's unfinished record): dropped it",
+                      ResumeWarning, stacklevel=3)
+
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps({k: _plain(v) for k, v in record.items()}, sort_keys=False)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
+            os.fsync(f.fileno())
         if self.tb is not None:
             step = int(record.get("iteration", 0))
             prefix = "eval/" if record.get("kind") == "eval" else "train/"
@@ -62,13 +106,14 @@ class MetricsLog:
                     self.tb.add_scalar(prefix + key, value, step)
             self.tb.flush()
 
-    def truncate_after(self, iteration: int) -> None:
-        """Drop the records of iterations after ``iteration`` (resume from a checkpoint)."""
+    def truncate_after(self, iteration: int) -> list[dict[str, Any]]:
+        """Keep only the records of iterations up to ``iteration`` (resume from a checkpoint; -1: none);
+        lines that do not parse (torn by a kill) go too. Returns the records kept."""
         if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and int(json.loads(line).get("iteration", 0)) <= iteration]
-        write_atomic(self.path, "".join(line + "\n" for line in keep))
+            return []
+        keep = [r for r in _parse_lines(self.path) if int(r.get("iteration", 0)) <= iteration]
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        return keep
 
     def close(self) -> None:
         if self.tb is not None:
@@ -76,10 +121,32 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``RUN_DIR/metrics.jsonl``; lines that do not parse (a line torn by a killed run) are
+    skipped with a warning."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{str(path)!r} does not exist: is {str(run_dir)!r} a turngym run directory?")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _parse_lines(path)
+
+
+def _parse_lines(path: Path) -> list[dict[str, Any]]:
+    records, bad = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(number)
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad.append(number)
+    if bad:
+        warnings.warn(f"{str(path)!r}: skipped {len(bad)} line(s) that are not whole JSON records (line "
+                      f"{', '.join(map(str, bad[:5]))}): torn by a killed run", ResumeWarning, stacklevel=3)
+    return records
 
 
 def _plain(v: Any) -> Any:
@@ -98,6 +165,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Python's, numpy's and torch's global RNG states (numpy's key array is made a tensor on save)."""
     import numpy as np
     import torch
 
@@ -111,11 +179,79 @@ def set_rng_state(state: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- the saved state: tensors and plain data only ----------------------------------------------------------
+
+_NDARRAY = "__ndarray__"
+# numpy dtypes stored as a tensor of the same dtype; other numeric arrays go through int64/float64 tensors
+_TENSOR_DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")
+
+
+def plain_state(obj: Any, where: str = "state") -> Any:
+    """``obj`` as what ``torch.load(weights_only=True)`` reads: tensors, None, bool, int, float, str and
+    dicts/lists/tuples of them. A numpy array becomes ``{"__ndarray__": tensor, "dtype": ..., "shape": ...}``
+    (:func:`from_plain_state` turns it back), a numpy scalar a Python one; anything else is a TypeError
+    naming where it is, raised before a checkpoint that could not be loaded is written."""
+    import numpy as np
+    import torch
+
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        dtype = obj.dtype
+        if dtype.name in _TENSOR_DTYPES:
+            data: Any = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        elif dtype.kind in "iu":
+            data = torch.from_numpy(obj.astype(np.int64))
+        elif dtype.kind == "f":
+            data = torch.from_numpy(obj.astype(np.float64))
+        elif dtype.kind in "USO":
+            data = plain_state(obj.tolist(), where)
+        else:
+            raise TypeError(f"checkpoint state {where!r} is a numpy array of dtype {dtype}: not saved")
+        return {_NDARRAY: data, "dtype": dtype.str if dtype.kind != "O" else "object", "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint state {where!r} has a key {k!r} of type {type(k).__name__}: "
+                                "only str and int keys load with weights_only=True")
+            out[k] = plain_state(v, f"{where}.{k}")
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [plain_state(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise TypeError(f"checkpoint state {where!r} is a {type(obj).__module__}.{type(obj).__name__}: a checkpoint "
+                    "holds tensors, numpy arrays and plain data only (it is loaded with weights_only=True)")
+
+
+def from_plain_state(obj: Any) -> Any:
+    """The inverse of :func:`plain_state`: tagged arrays become numpy arrays again."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, dict):
+        if _NDARRAY in obj and set(obj) == {_NDARRAY, "dtype", "shape"}:
+            data = obj[_NDARRAY]
+            if isinstance(data, torch.Tensor):
+                data = data.numpy()
+            dtype = object if obj["dtype"] == "object" else np.dtype(obj["dtype"])
+            return np.asarray(data, dtype=dtype).reshape(obj["shape"])
+        return {k: from_plain_state(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [from_plain_state(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(from_plain_state(v) for v in obj)
+    return obj
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------
@@ -125,39 +261,53 @@ def checkpoint_name(iteration: int) -> str:
     return f"checkpoint-{iteration}"
 
 
+def checkpoint_iteration(path: Path) -> int | None:
+    """N of a ``checkpoint-N`` folder name (None for other names: temporary folders, moved-aside ones)."""
+    name = Path(path).name
+    prefix, _, number = name.partition("-")
+    return int(number) if prefix == "checkpoint" and number.isdigit() else None
+
+
 def save_checkpoint(run_dir: Path, iteration: int, model: Any, tokenizer: Any, state: dict[str, Any],
                     keep: int = 2) -> Path:
-    """Write ``checkpoint-<iteration>`` atomically; update ``latest``; keep the newest ``keep`` checkpoints."""
+    """Write ``checkpoint-<iteration>`` atomically and durably; update ``latest``; keep the newest ``keep``
+    checkpoints. Checkpoints of later iterations (left by the timeline a resume abandoned) are removed."""
     import torch
 
     from turngym.trainers.model import save_model
 
     run_dir = Path(run_dir)
+    plain = plain_state(state)  # before anything is written: an unloadable state is an error now, not on resume
+    for stale in run_dir.glob("*.tmp"):  # what writes a kill interrupted left (the run has one writer)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    for stale in run_dir.glob("checkpoint-*.old"):
+        shutil.rmtree(stale, ignore_errors=True)
     final = run_dir / checkpoint_name(iteration)
-    tmp = run_dir / (checkpoint_name(iteration) + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model(model, tokenizer, tmp)
-    torch.save(state, tmp / STATE_FILE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        save_model(model, tokenizer, tmp)
+        torch.save(plain, tmp / STATE_FILE)
     write_atomic(run_dir / "latest", final.name + "\n")
+    found = list_checkpoints(run_dir)
+    older = [p for p in found if checkpoint_iteration(p) < iteration]
+    drop = [p for p in found if checkpoint_iteration(p) > iteration]
     if keep > 0:
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        drop += older[:max(0, len(older) - (keep - 1))]
+    for old in drop:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints (named ``checkpoint-N``, with their state file), oldest first."""
     found = []
     for p in Path(run_dir).glob("checkpoint-*"):
-        if p.is_dir() and not p.name.endswith(".tmp") and (p / STATE_FILE).is_file():
-            try:
-                found.append((int(p.name.split("-")[-1]), p))
-            except ValueError:
-                continue
+        n = checkpoint_iteration(p)
+        if n is not None and p.is_dir() and (p / STATE_FILE).is_file():
+            found.append((n, p))
     return [p for _, p in sorted(found)]
 
 
@@ -173,9 +323,96 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's trainer state, read with ``weights_only=True`` (tensors and plain data; no code runs)."""
     import torch
 
-    return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=False)
+    return from_plain_state(torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True))
+
+
+def load_newest(run_dir: Path, load: Callable[[Path], _T]) -> tuple[Path, _T] | None:
+    """``(checkpoint, load(checkpoint))`` for the newest checkpoint that loads, None when there is none.
+
+    A checkpoint whose ``load`` raises (a truncated or corrupt file, a state that is not plain data) is
+    skipped with a :class:`ResumeWarning` for the one before it; :class:`ResumeRefused` is raised at once,
+    and so is an error naming every failure when no checkpoint loads. ``load`` must leave nothing half
+    applied that the next call does not overwrite.
+    """
+    failures = []
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            return ckpt, load(ckpt)
+        except ResumeRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 (any failure to read a checkpoint: try the one before)
+            failures.append(f"{ckpt.name}: {type(exc).__name__}: {str(exc)[:300]}")
+            warnings.warn(f"checkpoint {str(ckpt)!r} cannot be loaded ({failures[-1]}); trying the one before it",
+                          ResumeWarning, stacklevel=2)
+    if failures:
+        raise TurngymError(f"no checkpoint in {str(run_dir)!r} can be loaded ({'; '.join(failures)}); start a "
+                           "new run without --resume, or in another run.dir")
+    return None
+
+
+# ---- config drift on resume --------------------------------------------------------------------------------
+
+#: config keys a resumed run may not change, each with what the checkpoint's state ties to it
+RESUME_FIXED: dict[str, str] = {
+    "model.path": "the weights are a fine-tune of this model",
+    "model.lora": "it decides which parameters the weights and the optimizer state hold",
+    "model.lora_r": "the adapters' shapes",
+    "model.lora_alpha": "the adapters' scale (the same weights would be another policy)",
+    "model.lora_target_modules": "which modules hold adapters",
+    "env.id": "the env the policy and its state were trained on",
+    "env.split": "the task stream the run replays",
+    "env.kwargs": "the env's tasks and rules",
+    "agent.name": "the prompt and action format the policy learned",
+    "agent.options": "the prompt and action format the policy learned",
+    "rollout.group_size": "the groups the estimator compares, and the task stream",
+    "rollout.tasks_per_iter": "the task stream the run replays",
+    "algo.estimator": "the advantages, and the estimator's saved state (SPA's progress replay)",
+    "algo.objective": "the loss, and the optimizer's parameter groups (log Z)",
+    "algo.ppo_epochs": "the optimizer steps per iteration the learning-rate schedule counts",
+    "algo.mini_batches": "the optimizer steps per iteration the learning-rate schedule counts",
+    "algo.tb_logz_lr": "the optimizer state restores the saved value, so a new one would be ignored",
+    "optim.lr": "the optimizer state restores the saved value, so a new one would be ignored",
+    "optim.betas": "the optimizer state restores the saved value, so a new one would be ignored",
+    "optim.weight_decay": "the optimizer state restores the saved value, so a new one would be ignored",
+    "run.seed": "the task order and sampling seeds the run replays",
+}
+
+
+def config_drift(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (saved value, current value)}`` for every key both nested configs hold and differ on."""
+    drift = {}
+    for section, fields in current.items():
+        old_fields = saved.get(section)
+        if not isinstance(fields, dict) or not isinstance(old_fields, dict):
+            continue
+        for key, value in fields.items():
+            if key in old_fields and old_fields[key] != value:
+                drift[f"{section}.{key}"] = (old_fields[key], value)
+    return drift
+
+
+def check_resume_config(saved: dict[str, Any] | None, current: dict[str, Any], checkpoint: Path) -> dict[str, tuple]:
+    """Compare the config a checkpoint was saved with to the resumed run's: refuse a change to a key of
+    :data:`RESUME_FIXED` (:class:`ResumeRefused` naming each key, both values and the way out), report the
+    other changes with a :class:`ResumeWarning`. Returns the drift."""
+    if not saved:
+        return {}
+    drift = config_drift(saved, current)
+    fixed = {k: v for k, v in drift.items() if k in RESUME_FIXED}
+    if fixed:
+        lines = [f"  {k}: {old!r} in the checkpoint, {new!r} now ({RESUME_FIXED[k]})" for k, (old, new) in fixed.items()]
+        back = " ".join(f"{k}={json.dumps(old)}" for k, (old, _) in fixed.items())
+        raise ResumeRefused(f"cannot resume from {str(checkpoint)!r} with a changed config:\n" + "\n".join(lines)
+                            + f"\nset them back ({back}), or start a new run from its weights: "
+                            f"model.path={checkpoint} run.dir=NEW_DIR")
+    if drift:
+        changes = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in drift.items())
+        warnings.warn(f"resuming from {str(checkpoint)!r} with a changed config: {changes}", ResumeWarning,
+                      stacklevel=2)
+    return drift
 
 
 # ---- plots ----------------------------------------------------------------------------------------------
