@@ -1,8 +1,8 @@
 """The word lists the synthetic WebShop catalog is drawn from (all invented here; no product data is copied).
 
 Each :data:`PRODUCT_TYPES` entry is one shopping query of WebShop's five
-categories (beauty, electronics, fashion, food, furniture), with the Amazon-
-style category path, the head nouns of its titles, the attribute pool its
+categories (beauty, electronics, fashion, food, and furniture, which WebShop's
+data files call "garden"), with the Amazon-style category path, the head nouns of its titles, the attribute pool its
 products draw from (short phrases like WebShop's mined attributes: "sulfate
 free", "machine wash"), its option groups (colour, size, scent, flavor,
 count: lowercase, as WebShop lowercases option values) and its price range.
@@ -251,43 +251,43 @@ PRODUCT_TYPES: list[dict] = [
               "plant based"],
      "options": {"flavor": FLAVORS[:6], "size": PACKS[1:6]}, "price": (5, 35), "uses": ["lunch boxes", "hiking"]},
     # ---- furniture ----------------------------------------------------------------------
-    {"query": "office chair", "category": "furniture", "path": "Home & Kitchen › Furniture › Home Office Furniture › Home Office Chairs",
+    {"query": "office chair", "category": "garden", "path": "Home & Kitchen › Furniture › Home Office Furniture › Home Office Chairs",
      "nouns": ["Office Chair", "Desk Chair", "Ergonomic Chair"],
      "attrs": ["lumbar support", "adjustable height", "breathable mesh", "easy assembly", "swivel base",
               "padded armrests"],
      "options": {"color": ["black", "grey", "white", "navy blue", "pink"]}, "price": (50, 350),
      "uses": ["home offices", "gaming setups"]},
-    {"query": "bookshelf", "category": "furniture", "path": "Home & Kitchen › Furniture › Living Room Furniture › Bookcases",
+    {"query": "bookshelf", "category": "garden", "path": "Home & Kitchen › Furniture › Living Room Furniture › Bookcases",
      "nouns": ["Bookshelf", "Bookcase", "Ladder Shelf"],
      "attrs": ["easy assembly", "solid wood", "storage space", "anti tip kit", "engineered wood", "open shelves"],
      "options": {"color": ["white", "black", "walnut", "oak", "espresso", "grey"], "size": FURNITURE_SIZES[:4]},
      "price": (40, 260), "uses": ["living rooms", "home offices"]},
-    {"query": "coffee table", "category": "furniture", "path": "Home & Kitchen › Furniture › Living Room Furniture › Tables › Coffee Tables",
+    {"query": "coffee table", "category": "garden", "path": "Home & Kitchen › Furniture › Living Room Furniture › Tables › Coffee Tables",
      "nouns": ["Coffee Table", "Lift Top Coffee Table", "Round Coffee Table"],
      "attrs": ["storage space", "easy assembly", "solid wood", "metal frame", "tempered glass", "mid century"],
      "options": {"color": ["walnut", "oak", "black", "white", "rustic brown", "grey"]}, "price": (60, 400),
      "uses": ["living rooms", "apartments"]},
-    {"query": "bed frame", "category": "furniture", "path": "Home & Kitchen › Furniture › Bedroom Furniture › Beds, Frames & Bases › Bed Frames",
+    {"query": "bed frame", "category": "garden", "path": "Home & Kitchen › Furniture › Bedroom Furniture › Beds, Frames & Bases › Bed Frames",
      "nouns": ["Bed Frame", "Platform Bed Frame", "Metal Bed Frame"],
      "attrs": ["no box spring", "under bed storage", "easy assembly", "noise free", "wood slats", "upholstered headboard"],
      "options": {"size": BED_SIZES, "color": ["black", "grey", "white", "walnut"]}, "price": (80, 600),
      "uses": ["guest rooms", "master bedrooms"]},
-    {"query": "bar stools", "category": "furniture", "path": "Home & Kitchen › Furniture › Kitchen & Dining Room Furniture › Stools › Barstools",
+    {"query": "bar stools", "category": "garden", "path": "Home & Kitchen › Furniture › Kitchen & Dining Room Furniture › Stools › Barstools",
      "nouns": ["Bar Stools", "Counter Stools", "Swivel Bar Stools"],
      "attrs": ["adjustable height", "swivel base", "back support", "footrest ring", "faux leather", "easy assembly"],
      "options": {"color": ["black", "grey", "white", "brown", "navy blue"], "size": PACKS[:3]}, "price": (45, 300),
      "uses": ["kitchen islands", "home bars"]},
-    {"query": "floor lamp", "category": "furniture", "path": "Home & Kitchen › Lighting & Ceiling Fans › Lamps & Shades › Floor Lamps",
+    {"query": "floor lamp", "category": "garden", "path": "Home & Kitchen › Lighting & Ceiling Fans › Lamps & Shades › Floor Lamps",
      "nouns": ["Floor Lamp", "Arc Floor Lamp", "Standing Lamp"],
      "attrs": ["dimmable light", "remote control", "led bulb", "energy efficient", "metal frame", "linen shade"],
      "options": {"color": ["black", "white", "gold", "silver", "bronze"]}, "price": (30, 220),
      "uses": ["reading corners", "living rooms"]},
-    {"query": "storage ottoman", "category": "furniture", "path": "Home & Kitchen › Furniture › Living Room Furniture › Ottomans",
+    {"query": "storage ottoman", "category": "garden", "path": "Home & Kitchen › Furniture › Living Room Furniture › Ottomans",
      "nouns": ["Storage Ottoman", "Ottoman Bench", "Footstool"],
      "attrs": ["storage space", "faux leather", "foldable design", "padded seat", "easy assembly", "velvet fabric"],
      "options": {"color": ["black", "grey", "beige", "navy blue", "brown", "pink"], "size": FURNITURE_SIZES[:3]},
      "price": (25, 180), "uses": ["bedrooms", "entryways"]},
-    {"query": "tv stand", "category": "furniture", "path": "Home & Kitchen › Furniture › Living Room Furniture › TV & Media Furniture › Television Stands",
+    {"query": "tv stand", "category": "garden", "path": "Home & Kitchen › Furniture › Living Room Furniture › TV & Media Furniture › Television Stands",
      "nouns": ["TV Stand", "Media Console", "Entertainment Center"],
      "attrs": ["storage space", "cable management", "engineered wood", "open shelves", "easy assembly",
               "led lights"],

@@ -210,7 +210,7 @@ def test_synthetic_catalog_is_large_hard_and_seeded():
     products, goals, prices = synthetic_catalog(seed=0)
     assert len(products) >= 5000 and len(goals) == len(products)
     assert len({p["query"] for p in products}) >= 40 and {p["category"] for p in products} == {
-        "beauty", "electronics", "fashion", "food", "furniture"}
+        "beauty", "electronics", "fashion", "food", "garden"}
     titles = [p["Title"] for p in products]
     assert len(set(titles)) < len(titles)  # near-duplicates share titles
     assert any(len(p["pricing"]) == 2 for p in products) and all(p["asin"] in prices for p in products)
@@ -290,6 +290,9 @@ def test_loader_reads_webshop_files(tmp_path):
         {"asin": "B000TEST02", "category": "beauty", "query": "deodorant", "name": "Acme Sport Deodorant",
          "product_category": "Beauty & Personal Care › Deodorants › Sport", "full_description": "For the gym.",
          "small_description": "Long lasting", "pricing": "$5.00$9.00", "customization_options": None},
+        {"asin": "B000TEST03", "category": "garden", "query": "console tables", "name": "Reclaimed Wood Console Table",
+         "product_category": "Home & Kitchen › Furniture › Tables", "full_description": "", "small_description": [],
+         "pricing": "", "customization_options": {"Color": None}},
         {"asin": "nan", "category": "x", "query": "x", "name": "skipped", "product_category": "x"},
     ]
     attrs = {"B000TEST01": {"attributes": ["sensitive skin", "natural ingredients"]}}
@@ -309,6 +312,8 @@ def test_loader_reads_webshop_files(tmp_path):
     assert env.shop.by_asin["B000TEST02"]["Attributes"] == ["DUMMY_ATTR"]
     assert env.shop.by_asin["B000TEST02"]["BulletPoints"] == ["Long lasting"]
     assert 5.0 <= env.shop.prices["B000TEST02"] <= 9.0 and "nan" not in env.shop.by_asin
+    table = env.shop.by_asin["B000TEST03"]  # no price, an option group without values, no bullets
+    assert (table["Price"], table["options"], table["BulletPoints"]) == ("$100.0", {}, [])
     assert env.splits() == {"test": 1, "valid": 0, "train": 0}
     _, info = env.reset(options={"task_id": "test/0"})
     assert info["instruction"].startswith("i want a bright citrus deodorant for sensitive skin in 3 ounce")
