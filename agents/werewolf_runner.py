@@ -25,10 +25,13 @@ seat with ``record_bots=True``), the seat's turns in order: ``observation``
 is its transcript view when asked, ``prompt_ids``/``response_ids``/
 ``response_logprobs`` come from the engine (token in, token out), ``action``
 is what reached the env, ``state_key`` the hidden-state digest BEFORE the
-action (the trainer's anchor), ``action_valid`` the env's verdict. The game
+action (the trainer's anchor, from ``env.state_key()``: no agent's info
+carries it), ``action_valid`` the env's verdict. The game
 outcome (+1/-1/0, plus any shaped terms) is the reward of the seat's last
 step; ``Trajectory.won`` says whether its team won; ``meta`` holds seat,
-role, team, policy and the game's seed; ``group_id`` is
+role, team, policy and the game's seed; ``task_id`` is the env's opaque id of
+the deal (equal for equal seeds within a process; the seed stays with the
+runner, in ``seed`` and ``GameRecord.seed``), ``group_id`` is
 ``"<task_id>|<role>"`` so GRPO-style groups compare one role across games of
 one deal (self-play: the trainer can learn one role, or all of them, from the
 same games).
@@ -166,8 +169,8 @@ class WerewolfLLMPolicy:
 class GameRecord:
     """One finished game: who sat where with which policy, and how it ended."""
 
-    seed: int
-    task_id: str
+    seed: int  # the deal's seed: the runner's to replay the game, never in an agent's view
+    task_id: str  # the env's opaque id of the deal, as on the game's trajectories
     winner: str | None
     roles: dict[str, str]
     policies: dict[str, str]
@@ -270,9 +273,10 @@ class WerewolfRunner:
             requests: list[tuple[int, str, list[dict[str, str]]]] = []
             for i, game in enumerate(live):
                 g = game.env.game
+                state_key = game.env.state_key() if g.actors() else None
                 for p in g.actors():
                     policy = game.policies[p]
-                    step = Step(observation=game.obs[p], state_key=game.infos[p]["state_key"],
+                    step = Step(observation=game.obs[p], state_key=state_key,
                                 info={"phase": game.infos[p]["phase"]})
                     if policy == "llm":
                         requests.append((i, p, self.llm.messages(game.obs[p])))
@@ -326,10 +330,11 @@ class WerewolfRunner:
                 stats.env_busy_s += seconds
                 stats.env_steps += len(pending_steps[i])
                 game.turn += 1
+                state_key = game.env.state_key()
                 for p, step in pending_steps[i].items():
                     info = infos.get(p, {})
                     step.action_valid = bool(info.get("action_valid", True))
-                    step.info.update(kind="act", feedback=info.get("feedback", ""), state_key=info.get("state_key"))
+                    step.info.update(kind="act", feedback=info.get("feedback", ""), state_key=state_key)
                     if p in game.trajs:
                         game.trajs[p].steps.append(step)
                 over = bool(terms) and (any(terms.values()) or any(truncs.values()))
@@ -357,7 +362,7 @@ class WerewolfRunner:
                 traj.steps[-1].truncated = truncated
             result.trajectories.append(traj)
             result.stats.episodes += 1
-        record = GameRecord(seed=game.seed, task_id=f"{game.env.preset}/{game.seed}", winner=g.winner,
+        record = GameRecord(seed=game.seed, task_id=game.env.task_id, winner=g.winner,
                             roles=dict(g.roles), policies=dict(game.policies), steps=g.steps, truncated=truncated)
         result.games.append(record)
         if self.on_game is not None:

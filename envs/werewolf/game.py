@@ -24,8 +24,15 @@ tests/envs/test_werewolf_leak.py):
   villager may claim to be the seer. That is speech, not a leak.
 
 Any string is a legal action. An action that does not fit the moment gets a
-private feedback line and a documented default (a silent speech, a bid of 0,
-an abstention, no night action), so no agent can stall the game.
+private feedback line and is replaced by the documented default
+(:meth:`Game.default_action`: a silent speech, a bid of 0, an abstention, no
+night action), so no agent can stall the game.
+
+No timing leaks either: a player's own view (observation, phase, whether it is
+asked to act, what it may do) changes only with an event it may hear or with
+its own action. So the wolves' private chat is "night" to everyone else, and
+the seer and the doctor are asked from nightfall, alongside that chat, rather
+than when it ends (its length would tell how many wolves are alive).
 
 This module depends on nothing of ours but :mod:`turngym.envs.spaces`,
 :mod:`turngym.envs.core` (``stable_digest``) and the rules module.
@@ -135,6 +142,13 @@ def parse_action(text: Any) -> tuple[str, str]:
     return m.group(1).lower(), m.group(2).strip()
 
 
+def deal(rules: Rules, seed: int) -> list[str]:
+    """The seeded deal: one role per seat, ``Player1`` first (the one place roles are drawn)."""
+    deck = [role for role, count in rules.roles.items() for _ in range(count)]
+    random.Random(int(seed)).shuffle(deck)
+    return deck
+
+
 def draw(seed: int, tag: str, n: int) -> int:
     """A seeded, stateless draw in ``range(n)`` (ties, dealing): no RNG state to snapshot."""
     h = hashlib.sha256(f"{seed}|{tag}".encode()).hexdigest()
@@ -156,13 +170,11 @@ class Game:
         self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**31)
         n = rules.num_players
         self.players = [f"Player{i}" for i in range(1, n + 1)]
-        deck = [role for role, count in rules.roles.items() for _ in range(count)]
+        deck = deal(rules, self.seed)
         if roles is not None:
             if sorted(roles) != sorted(deck):
                 raise ValueError(f"roles {roles} do not match the rules' counts {rules.roles}; pass one role per seat")
             deck = list(roles)
-        else:
-            random.Random(self.seed).shuffle(deck)
         self.roles: dict[str, str] = dict(zip(self.players, deck))
         self.alive: dict[str, bool] = {p: True for p in self.players}
         self.events: list[Event] = []
@@ -170,6 +182,7 @@ class Game:
         self.phase = "setup"
         self.pending: list[str] = []  # who must act before the phase moves on (in asking order)
         self.submitted: dict[str, tuple[str, str]] = {}  # simultaneous phases: player -> (verb, arg) accepted
+        # (at night every choice is kept, a pass included, so the wolf chat can end without asking again)
         self.queue: list[str] = []  # sequential phases: speakers still to speak
         self.turns_left = 0  # bidding: speeches left today
         self.spoken_today: Counter[str] = Counter()
@@ -214,6 +227,18 @@ class Game:
         """The players whose action the game waits for now, in the order the AEC env asks them."""
         return list(self.pending)
 
+    def phase_of(self, player: str) -> str:
+        """The phase as ``player`` knows it: the wolves' chat is "night" to everyone but the wolves."""
+        if self.phase == "wolf_chat" and self.roles[player] != WEREWOLF:
+            return "night"
+        return self.phase
+
+    def default_action(self, player: str) -> str:
+        """What an invalid action of ``player`` is replaced by now (README, "Actions"): ``bid: 0`` when bidding,
+        else ``pass`` (silence, abstention, no night action). At a vote without abstention ``pass`` is itself
+        invalid; the default is still the abstention."""
+        return "bid: 0" if self.phase_of(player) == "bid" else "pass"
+
     def _audience(self, kind: str, player: str | None) -> tuple[str, ...] | None:
         scope = AUDIENCE[kind]
         if scope == "public":
@@ -239,23 +264,28 @@ class Game:
     def _begin_night(self) -> None:
         self.cycle += 1
         self.phase = "night"
+        self.submitted = {}
         self._emit("phase", f"Night {self.cycle} falls. Everyone closes their eyes.")
         pack = self.wolves(alive_only=True)
         if WEREWOLF in self.rules.night_order and self.rules.wolf_chat_rounds > 0 and len(pack) > 1:
             self.phase = "wolf_chat"
             self.queue = pack * self.rules.wolf_chat_rounds
-            self.pending = [self.queue[0]]
+            self.pending = [self.queue[0]] + self._night_roles(wolves=False)
             return
         self._begin_night_actions()
 
-    def _begin_night_actions(self) -> None:
-        self.phase = "night"
-        self.submitted = {}
+    def _night_roles(self, wolves: bool) -> list[str]:
+        """Living players with a night power who have not chosen yet tonight, in ``night_order``."""
         order = []
         for role in self.rules.night_order:
-            order += [p for p in self.living() if self.roles[p] == role]
-        self.pending = order
-        if not order:
+            if wolves or role != WEREWOLF:
+                order += [p for p in self.living() if self.roles[p] == role and p not in self.submitted]
+        return order
+
+    def _begin_night_actions(self) -> None:
+        self.phase = "night"
+        self.pending = self._night_roles(wolves=True)
+        if not self.pending:
             self._resolve_night()
 
     def _resolve_night(self) -> None:
@@ -436,7 +466,7 @@ class Game:
         self.steps += 1
         text = action if isinstance(action, str) else ("" if action is None else str(action))
         verb, arg = parse_action(text)
-        phase = self.phase
+        phase = self.phase_of(player)
         error, default = self._check(player, phase, verb, arg)
         self.last_valid[player] = error is None
         if error is not None:
@@ -444,7 +474,7 @@ class Game:
             feedback = f"{quote_action(sanitize_speech(text, 10**6))} is not a valid action now: {error}. Default: {default}."
             self.last_feedback[player] = feedback
             self._emit("feedback", feedback, audience=(player,), data={"action": text[:200], "error": error})
-            verb, arg = "pass", ""
+            verb, arg = parse_action(self.default_action(player))
         else:
             self.last_feedback[player] = ""
             if verb not in ("speak", "pass", "bid"):
@@ -454,7 +484,7 @@ class Game:
         else:
             if phase == "bid" and verb == "bid":
                 arg = re.match(r"\s*(\d+)", arg).group(1)
-            if verb != "pass":
+            if verb != "pass" or phase == "night":
                 self.submitted[player] = (verb, arg)
             self.pending.remove(player)
             if not self.pending:
@@ -470,7 +500,7 @@ class Game:
                 self._emit("whisper", f"{player} stays silent.", audience=tuple(self.wolves()), speaker=player)
             self.queue.pop(0)
             if self.queue:
-                self.pending = [self.queue[0]]
+                self.pending = [self.queue[0]] + self._night_roles(wolves=False)
             else:
                 self._begin_night_actions()
             return
@@ -555,13 +585,14 @@ class Game:
         if player not in self.pending:
             return []
         others = [p for p in self.living() if p != player]
-        if self.phase == "speech":
+        phase = self.phase_of(player)
+        if phase == "speech":
             return ["speak: I have nothing to add."] + [f"speak: I suspect {p}." for p in others] + ["pass"]
-        if self.phase == "wolf_chat":
+        if phase == "wolf_chat":
             return [f"speak: Let us attack {p}." for p in others if self.roles[p] != WEREWOLF] + ["pass"]
-        if self.phase == "bid":
+        if phase == "bid":
             return [f"bid: {i}" for i in range(self.rules.max_bid + 1)]
-        if self.phase == "vote":
+        if phase == "vote":
             pool = [p for p in (self.candidates or others) if p != player]
             return [f"vote: {p}" for p in pool] + (["pass"] if self.rules.allow_abstain else [])
         wanted = NIGHT_ACTIONS[self.roles[player]]
@@ -570,6 +601,18 @@ class Game:
             if self._check(player, "night", wanted, p)[0] is None:
                 out.append(f"{wanted}: {p}")
         return out + ["pass"]
+
+    def illegal_actions(self, player: str) -> list[str]:
+        """Valid-looking actions that are wrong for ``player`` now (for the env checker): each one gets private
+        feedback and the default. [] when the game does not wait for ``player``."""
+        if player not in self.pending:
+            return []
+        phase = self.phase_of(player)
+        dead = [p for p in self.players if not self.alive[p]]
+        candidates = [f"vote: {player}", "vote: Player99", "bid: 99", "bid: -1", "speak:", f"speak: {CLOSE_QUOTE}",
+                      f"check: {player}", "kill: Player99", "protect: Player99", "pass: now", "Vote Player"]
+        candidates += [f"{verb}: {p}" for p in dead[:2] for verb in ("vote", "kill", "check", "protect")]
+        return [a for a in candidates if self._check(player, phase, *parse_action(a))[0] is not None]
 
     # ---- what a player sees ------------------------------------------------------------------------
     def header(self, player: str) -> str:
@@ -603,13 +646,13 @@ class Game:
                          "Reply 'speak: <your message>' or 'pass'.",
             "bid": f"Bid for the next turn to speak. Reply 'bid: N' with N from 0 (listen) to {self.rules.max_bid} (urgent).",
             "vote": "Vote to exile a player." + (" Revote between the tied players." if self.candidates else ""),
-        }.get(self.phase)
+        }.get(self.phase_of(player))
         if prompt is None:
             wanted = NIGHT_ACTIONS[self.roles[player]]
             prompt = {"kill": "Choose the pack's victim.", "check": "Choose a player to check.",
                       "protect": "Choose a player to protect tonight."}[wanted]
         actions = self.admissible_actions(player)
-        if self.phase in ("speech", "wolf_chat"):
+        if self.phase_of(player) in ("speech", "wolf_chat"):
             return prompt + "\nExamples: " + " | ".join(actions)
         return prompt + "\nAdmissible actions: " + " | ".join(actions)
 
@@ -632,7 +675,7 @@ class Game:
     def view(self, player: str) -> dict[str, Any]:
         """What ``player`` knows, as data (for bots): built only from the events ``player`` may see."""
         out: dict[str, Any] = {"me": player, "role": self.roles[player], "players": list(self.players),
-                               "alive": self.living(), "phase": self.phase, "cycle": self.cycle, "pack": [],
+                               "alive": self.living(), "phase": self.phase_of(player), "cycle": self.cycle, "pack": [],
                                "visions": {}, "protected": [], "speeches": [], "whispers": [], "votes": [],
                                "revealed": {}, "dead": [], "pack_target": None, "candidates": self.candidates}
         for e in self.events:
@@ -673,15 +716,21 @@ class Game:
             out[p] = r
         return out
 
-    def to_data(self) -> dict[str, Any]:
-        """The full hidden state as JSON-able data (``state_key`` digests it)."""
-        data = {k: v for k, v in self.__dict__.items() if k != "rules"}
+    def to_data(self, feedback: bool = True) -> dict[str, Any]:
+        """The full hidden state as JSON-able data (``state_key`` digests it).
+
+        ``feedback=False`` leaves out what only tells players about their invalid actions (feedback events,
+        ``last_valid``, ``last_feedback``): an invalid action then leaves the same data as its default."""
+        skip = {"rules"} if feedback else {"rules", "last_valid", "last_feedback"}
+        data = {k: v for k, v in self.__dict__.items() if k not in skip}
         data["rules"] = self.rules.to_dict()
-        data["events"] = [{k: v for k, v in e.__dict__.items() if k != "_line"} for e in self.events]
+        data["events"] = [{k: v for k, v in e.__dict__.items() if k != "_line"} for e in self.events
+                          if feedback or e.kind != "feedback"]
         return data
 
-    def state_key(self) -> str:
-        return stable_digest(self.to_data())
+    def state_key(self, feedback: bool = True) -> str:
+        """A digest of :meth:`to_data` (trainers only: it digests the hidden roles too)."""
+        return stable_digest(self.to_data(feedback))
 
     def snapshot(self) -> Game:
         return copy.deepcopy(self)
@@ -719,4 +768,5 @@ def step_bound(rules: Rules) -> int:
     return (rules.max_days + 1) * (night + day + 2 * n)
 
 
-__all__ = ["AUDIENCE", "ROLES", "Event", "Game", "Rules", "parse_action", "rules_text", "sanitize_speech", "step_bound"]
+__all__ = ["AUDIENCE", "ROLES", "Event", "Game", "Rules", "deal", "parse_action", "rules_text", "sanitize_speech",
+           "step_bound"]

@@ -5,7 +5,8 @@
 
 ``--kwarg`` sets env/rules fields (``preset=arena8``, ``exile_rule=plurality``, ...) and ``bots=rule|random``
 (the other seats' policy, default rule). You see exactly your seat's observation; type an action, or the
-number of an admissible one. Commands: ``:actions``, ``:quit``. At the end the moderator's full log is shown.
+number of an admissible one. Commands: ``:actions``, ``:quit``. At the end the moderator's full log is shown,
+and the seed (only then: the seed rebuilds the deal).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def play_terminal(seat: int = 1, seed: int | None = None, config: dict[str, Any]
     me = env.possible_agents[seat - 1]
     obs, infos = env.reset(seed=seed)
     rngs = {p: random.Random(f"{env.game.seed}|{p}") for p in env.possible_agents}
-    write(f"== Werewolf ({env.preset}, seed {env.game.seed}): you are {me}; bots ({bot.name}) play the other seats ==")
+    # no seed here: the deal function rebuilds every role from it (it is shown once the game is over)
+    write(f"== Werewolf ({env.preset}): you are {me}; bots ({bot.name}) play the other seats ==")
     write("Type an action (or its number). Commands: :actions  :quit\n")
     shown = 0
     while env.agents:
@@ -78,4 +80,5 @@ def play_terminal(seat: int = 1, seed: int | None = None, config: dict[str, Any]
             write("\n" + lines[1])
             write(f"[your reward {rewards[me]:g}]")
             write("\n== the moderator's log ==\n" + (env.render() or ""))
+            write(f"(replay this deal with --seed {env.game.seed})")
     return 0

@@ -6,20 +6,26 @@ Both views drive the same :class:`~turngym.envs.werewolf.game.Game`. Needs the
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
+import secrets
 from typing import Any, ClassVar
 
 from turngym.envs.spaces import MAX_ACTION_LENGTH, MAX_OBSERVATION_LENGTH, text_space
 from turngym.envs.werewolf.game import Game, step_bound
 from turngym.envs.werewolf.rules import Rules, team_of
-from turngym.errors import TurngymError
+from turngym.errors import MissingDependencyError, TurngymError
 
 try:
     from pettingzoo import AECEnv, ParallelEnv
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise TurngymError("the Werewolf env needs pettingzoo: pip install 'turngym[werewolf]'") from exc
+    raise MissingDependencyError("pettingzoo", "werewolf", "the Werewolf env") from exc
 
 _OPTIONS = ("roles",)
+#: Keys task ids when no ``task_key`` is given: random per process, so an id names one deal within a run
+#: and nobody can map it back to a seed (a key fixed in code could be brute-forced over small seeds).
+_PROCESS_TASK_KEY = secrets.token_bytes(32)
 
 
 class _WerewolfBase:
@@ -30,7 +36,8 @@ class _WerewolfBase:
 
     def __init__(self, preset: str | None = "arena8", render_mode: str | None = None,
                  shaping: dict[str, float] | None = None, max_observation_chars: int = MAX_OBSERVATION_LENGTH,
-                 max_action_chars: int = MAX_ACTION_LENGTH, max_steps: int | None = None, **rules: Any):
+                 max_action_chars: int = MAX_ACTION_LENGTH, max_steps: int | None = None,
+                 task_key: bytes | str | None = None, **rules: Any):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise TurngymError(f"render_mode {render_mode!r} is not supported; use one of {self.metadata['render_modes']}")
         self.rules = Rules.from_config(preset, **rules)
@@ -47,6 +54,7 @@ class _WerewolfBase:
         self.action_spaces = {a: text_space(int(max_action_chars)) for a in self.possible_agents}
         self.game: Game | None = None
         self._seeder = random.Random()
+        self._task_key = task_key.encode() if isinstance(task_key, str) else (task_key or _PROCESS_TASK_KEY)
 
     def observation_space(self, agent: str):
         return self.observation_spaces[agent]
@@ -63,36 +71,51 @@ class _WerewolfBase:
         options = options or {}
         self.game = Game(self.rules, seed=game_seed, roles=options.get("roles"))
         self.agents = list(self.possible_agents)
+        # An opaque id of the deal: equal for equal (rules, seed, roles) under one key, and no way back to the
+        # seed without the key ("<preset>/<seed>" let anyone rebuild every role with the deal function).
+        deal = f"{sorted(self.rules.to_dict().items())}|{self.game.seed}|{options.get('roles')}"
+        self.task_id = f"{self.preset}/{hmac.new(self._task_key, deal.encode(), hashlib.sha256).hexdigest()[:16]}"
 
     def _infos(self) -> dict[str, dict[str, Any]]:
-        key = self.game.state_key()  # one digest per step, shared by every agent's info
-        return {a: self._info(a, key) for a in self.agents}
+        return {a: self._info(a) for a in self.agents}
 
-    def _info(self, agent: str, state_key: str) -> dict[str, Any]:
+    def _info(self, agent: str) -> dict[str, Any]:
+        # Only what ``agent`` may know, and nothing that moves on a step it cannot see (no hidden-state digest,
+        # no global step count): see the README's "Observations" and tests/envs/test_werewolf_leak.py.
         g = self.game
         team = team_of(g.roles[agent])
         return {
-            "task_id": f"{self.preset}/{g.seed}",
+            "task_id": self.task_id,
             "admissible_actions": g.admissible_actions(agent),
             "acting": agent in g.pending,
             "action_valid": g.last_valid[agent],
             "feedback": g.last_feedback[agent],
-            "phase": g.phase,
+            "phase": g.phase_of(agent),
             "cycle": g.cycle,
             "role": g.roles[agent],
             "team": team,
             "alive": g.alive[agent],
             "winner": g.winner,
             "won": g.winner == team,
-            "state_key": state_key,  # trainer-only: a digest of the hidden state; never show it to a policy
-            "step": g.steps,
         }
 
     def observe(self, agent: str) -> str:
         return self.game.observation(agent, self.max_observation_chars)
 
-    def state_key(self) -> str:
-        return self.game.state_key()
+    def state_key(self, feedback: bool = True) -> str:
+        """A digest of the full hidden state, roles included: for trainers (GiGPO-style anchors), never for a policy.
+
+        ``feedback=False`` leaves out the feedback on invalid actions (the env checker compares an invalid
+        action with its default this way)."""
+        return self.game.state_key(feedback)
+
+    def invalid_action_default(self, agent: str) -> str:
+        """The action an invalid one of ``agent`` is replaced by now (besides private feedback): see the README."""
+        return self.game.default_action(agent)
+
+    def illegal_actions(self, agent: str) -> list[str]:
+        """Valid-looking but wrong actions of ``agent`` now, for the env checker."""
+        return self.game.illegal_actions(agent)
 
     def render(self) -> str | None:
         """The moderator's view: every event with its audience (spoilers: for people, never for agents)."""
@@ -132,6 +155,8 @@ class WerewolfEnv(_WerewolfBase, AECEnv):
         max_action_chars: the action space's max length (what ``action_space.sample()`` draws; longer
             actions are still accepted: any string is legal input).
         max_steps: truncation guard (default: a bound no game reaches).
+        task_key: the secret that keys task ids (default: a random key per process, so ids are stable within a
+            run only); pass one to get the same ids across processes, and keep it from agents.
         **rules: any :class:`~turngym.envs.werewolf.rules.Rules` field, e.g. ``exile_rule="plurality"``.
 
     Observation (``str``): the agent's own transcript view: a header (its name, role, pack or visions, the
@@ -140,21 +165,28 @@ class WerewolfEnv(_WerewolfBase, AECEnv):
 
     Actions (``str``; any string is legal input): ``speak: <text>``, ``bid: N``, ``vote: PlayerK``,
     ``kill: PlayerK``, ``protect: PlayerK``, ``check: PlayerK``, ``pass``. An action that does not fit the
-    moment gets private feedback and a default: a silent speech, bid 0, abstention, no night action.
+    moment gets private feedback and is replaced by its default (``invalid_action_default(agent)``): a silent
+    speech, ``bid: 0``, an abstention, no night action. Nothing else changes: other players see exactly what the
+    default would have shown them (``turngym.envs.check.check_aec_env`` verifies it).
 
     Rewards: at the end, +1 to each player of the winning team, -1 to the losers, 0 to all in a draw
     (after ``max_days``), plus the shaped terms if asked. Dead players stay in ``agents`` (never asked to
     act) until the end, so they receive their team's outcome.
 
-    Infos (per agent): ``admissible_actions`` (every valid action now, [] if not asked), ``acting``,
-    ``action_valid`` and ``feedback`` (of the agent's latest action), ``phase``, ``cycle``, ``role``,
-    ``team``, ``alive``, ``winner``, ``won``, ``task_id`` ("<preset>/<seed>"), ``step``, and ``state_key``
-    (digest of the full hidden state for trainers; a policy must never see it).
+    Infos (per agent, only what that agent may know): ``admissible_actions`` (every valid action now, [] if not
+    asked), ``acting``, ``action_valid`` and ``feedback`` (of the agent's latest action), ``phase`` (as the agent
+    knows it: the wolves' chat is "night" to the others), ``cycle``, ``role``, ``team``, ``alive``, ``winner``,
+    ``won``, and ``task_id`` ("<preset>/<16 hex digits>", an opaque id of the deal: equal for equal seeds within a
+    process, keyed so no one can map it back to the seed). No info moves on a step the agent cannot see.
+    Trainers read the hidden-state digest from ``env.state_key()``.
 
     Reset options: ``{"roles": [role per seat]}`` fixes the deal (constructed positions); other keys are ignored.
 
     Version History:
-        * v0: initial release.
+        * v0: initial release. Issue 17: ``task_id`` is opaque (it was "<preset>/<seed>", from which the deal
+          function rebuilt every role); infos lost ``state_key`` (now ``env.state_key()``) and ``step``, and
+          show the agent's own ``phase``; the seer and doctor are asked from nightfall; an invalid bid is
+          ``bid: 0``.
     """
 
     def __init__(self, **config: Any):
@@ -193,8 +225,9 @@ class WerewolfParallelEnv(_WerewolfBase, ParallelEnv):
     """Werewolf with simultaneous moves (PettingZoo parallel API); the same game as :class:`WerewolfEnv`.
 
     Each ``step`` applies the actions of the players the game waits for (``infos[a]["acting"]``): everyone
-    alive for a vote or a bid, the night roles at night, one speaker during speeches and wolf chat. Actions of
-    other players are ignored; a missing action of an acting player counts as an invalid (empty) action.
+    alive for a vote or a bid, the night roles at night (the seer and the doctor from nightfall, so during the
+    wolves' chat too; the wolves once it is over), one speaker during speeches and wolf chat. Actions of other
+    players are ignored; a missing action of an acting player counts as an invalid (empty) action.
     Observations, rewards and infos are as in :class:`WerewolfEnv`; when the game ends every agent is
     terminated (or truncated at ``max_steps``) and ``agents`` empties.
     """

@@ -202,6 +202,35 @@ def test_any_string_is_legal_and_invalid_actions_get_feedback_and_defaults():
             assert g.winner in ("village", "wolves", "draw")
 
 
+def test_an_invalid_action_does_exactly_what_the_readme_says():
+    """README, "Actions": an invalid action gets private feedback and its default (silence, bid 0, abstention, no
+    night action), and nothing else: the game's data without the feedback equals the default's, in every phase
+    and for every role. (An invalid bid used to leave no bid at all, not the documented ``bid: 0``.)"""
+    documented = {"speech": "pass", "wolf_chat": "pass", "bid": "bid: 0", "vote": "pass", "night": "pass"}
+    tried = set()
+    variants = [{}, {"speech": "bidding", "debate_turns": 2}, {"allow_abstain": False}, {"first_phase": "day"}]
+    for i, overrides in enumerate(variants):
+        for preset in ("small", "lspo7"):
+            g = Game(Rules.from_config(preset, **overrides), seed=i)
+            bots = {p: RuleBot() for p in g.players}
+            rngs = {p: random.Random(f"{i}|{p}") for p in g.players}
+            while not g.over:
+                for p in g.actors():
+                    phase = g.phase_of(p)
+                    assert g.default_action(p) == documented[phase]
+                    for junk in ("dance", "", "vote: Player99", "🐺" * 3):
+                        a, b = g.snapshot(), g.snapshot()
+                        assert a.act(p, junk) is False and a.last_feedback[p].endswith(".")
+                        b.act(p, g.default_action(p))
+                        assert a.to_data(feedback=False) == b.to_data(feedback=False), (phase, junk)
+                        new = a.events[len(g.events):]
+                        assert [e.audience for e in new if e.kind == "feedback"] == [(p,)]
+                    tried.add((phase, g.roles[p] if phase == "night" else ""))
+                    g.act(p, bots[p].act(g.view(p), g.admissible_actions(p), rngs[p]))
+    assert tried >= {("speech", ""), ("wolf_chat", ""), ("bid", ""), ("vote", ""), ("night", "werewolf"),
+                     ("night", "seer"), ("night", "doctor")}
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_random_and_rule_bot_games_finish_within_the_step_limit(preset):
     rules = Rules.from_config(preset)
@@ -336,8 +365,12 @@ def test_env_infos_observations_and_rewards():
     for a in e.agents:
         assert set(obs[a]) <= set(TEXT_CHARSET) and e.observation_space(a).contains(obs[a])
         assert infos[a]["role"] == SMALL_DEAL[int(a[6:]) - 1]
-        assert infos[a]["task_id"] == "small/2"
-    assert infos["Player1"]["acting"] and not infos["Player3"]["acting"]
+        assert infos[a]["task_id"] == infos["Player1"]["task_id"] and "2" not in infos[a]["task_id"].split("/")
+        assert "state_key" not in infos[a] and "step" not in infos[a]
+    # the seer and the doctor are asked from nightfall, alongside the wolves' chat (which is "night" to them)
+    assert infos["Player1"]["acting"] and infos["Player1"]["phase"] == "wolf_chat"
+    assert infos["Player3"]["acting"] and infos["Player4"]["acting"] and not infos["Player5"]["acting"]
+    assert infos["Player3"]["phase"] == infos["Player5"]["phase"] == "night"
     assert "Player2" in obs["Player1"] and "your pack" in obs["Player1"] and "your pack" not in obs["Player3"]
     _, _, _, _, infos = e.step({"Player1": "dance"})
     assert infos["Player1"]["action_valid"] is False and "Default" in infos["Player1"]["feedback"]
@@ -350,6 +383,24 @@ def test_env_infos_observations_and_rewards():
         assert r == base + 0.5 * g.alive[a]
     with pytest.raises(Exception, match="shaping"):
         parallel_env(preset="small", shaping={"bogus": 1})
+
+
+@needs_pettingzoo
+def test_task_ids_are_opaque_ids_of_the_deal():
+    import re
+
+    from turngym.envs.werewolf import parallel_env
+
+    def task_id(seed, **config):
+        return parallel_env(preset="small", **config).reset(seed=seed)[1]["Player1"]["task_id"]
+
+    assert re.fullmatch(r"small/[0-9a-f]{16}", task_id(5))
+    assert task_id(5) == task_id(5) != task_id(6), "one id per deal, the same in two instances of a process"
+    assert task_id(5) != task_id(5, exile_rule="majority"), "other rules, another game"
+    assert task_id(5, task_key="k1") == task_id(5, task_key="k1") != task_id(5, task_key="k2") != task_id(5)
+    env = parallel_env(preset="small")
+    env.reset(seed=1_234_567_891)
+    assert env.task_id == task_id(1_234_567_891) and "1234567891" not in env.task_id
 
 
 @needs_pettingzoo
