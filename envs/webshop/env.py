@@ -186,6 +186,9 @@ class WebShopEnv(TextEnv):
     # ---- game ---------------------------------------------------------------------------
     @property
     def instruction(self) -> str:
+        # The goal text of the current task; before the first reset, what every WebShop task asks.
+        if self.task is None:
+            return "Find and buy the product that matches the instruction, with its options, under the price."
         return self.task["instruction_text"]
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
