@@ -92,6 +92,9 @@ def cmd_play(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {"task_id": args.task_id} if args.task_id else {}
     obs, info = env.reset(seed=args.seed, options=options or None)
     print(f"== {args.env_id}  task {info['task_id']} ==")
+    url = getattr(env.unwrapped, "url", None)  # a web env (WebShop's browser mode): the page's address
+    if url:
+        print(f"Open {url} in your browser to see the page (each action prints the next page's address).")
     if not args.oracle:
         print(_PLAY_HELP)
     print()
@@ -131,6 +134,8 @@ def cmd_play(args: argparse.Namespace) -> int:
         total += reward
         turns += 1
         _show(obs)
+        if url:
+            print(f"page: {env.unwrapped.url}")
         flags = [] if info["action_valid"] else ["invalid action"]
         if "progress" in info:
             flags.append(f"progress {info['progress']:.2f}")

@@ -8,7 +8,11 @@ Needs ``turngym[webshop-browser]`` (playwright, uvicorn) and Debian's ``chromium
 from __future__ import annotations
 
 import gc
+import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -138,6 +142,16 @@ def test_close_and_crash_leave_nothing_running(chromium):
     env.close()
 
 
+def test_play_prints_the_page_address(chromium):
+    out = subprocess.run([sys.executable, "-P", "-m", "turngym.cli", "play", "turngym/WebShop-v0", "--task-id", "test/4",
+                          "--kwarg", "mode=browser", "--kwarg", "nouns=heuristic", "--oracle"],
+                         capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "TURNGYM_CHROMIUM": chromium})
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"Open http://127\.0\.0\.1:\d+/\S+ in your browser", out.stdout), out.stdout[:500]
+    assert re.search(r"page: http://127\.0\.0\.1:\d+/\S+/item/", out.stdout) and "episode over: WON" in out.stdout
+
+
 def _leftovers() -> tuple[set[int], list[str], set[int]]:
     """What this process has running besides its own code: child processes (Playwright's driver, Chromium and
     its helpers), the env's threads, and listening TCP ports (the shop's server)."""
@@ -185,7 +199,7 @@ def test_a_killed_browser_is_a_fault_and_close_leaves_nothing(chromium):
 
 @pytest.mark.slow
 def test_many_browser_episodes_leak_nothing(chromium):
-    """EPISODES short random episodes (3 actions each, the oracle or a random admissible one), in envs
+    """EPISODES short random episodes (ACTIONS actions each, the oracle or a random admissible one), in envs
     replaced every 50 episodes: afterwards no process, thread or listening port is left, and the last env
     still plays like the text mode."""
     before = _leftovers()
@@ -197,7 +211,7 @@ def test_many_browser_episodes_leak_nothing(chromium):
                 env.close()
             env = WebShopEnv(mode="browser", nouns="heuristic", browser_options={"executable_path": chromium})
         env.reset(seed=episode)
-        for _ in range(3):
+        for _ in range(ACTIONS):
             actions = env.admissible_actions()
             action = env.oracle_action() if rng.random() < 0.5 else actions[int(rng.integers(len(actions)))]
             if env.step(action)[2]:
@@ -206,5 +220,6 @@ def test_many_browser_episodes_leak_nothing(chromium):
     assert _leftovers() == before
 
 
-#: Episodes of the slow leak test: ~0.6 s each on a 2-core machine (a reset and 3 page loads), ~5 minutes.
-EPISODES = 500
+#: Episodes of the slow leak test (the issue's 1,000) and actions in each (a reset and two page loads): 7 min 45 s
+#: with the 20 env starts on this project's busy 2-core machine.
+EPISODES, ACTIONS = 1000, 2
