@@ -584,7 +584,7 @@ def _check_aec_spaces(env: Any) -> None:
                 _fail("spaces", f"{which}({agent!r}) charset lacks {''.join(sorted(missing))!r}; build it with turngym.envs.spaces.text_space")
 
 
-def _encoded_observations(env: Any) -> Any:
+def encoded_observations(env: Any) -> Any:
     """``env`` with its text observations as a fixed-size uint8 ``Box`` (UTF-8, zero padded).
 
     PettingZoo 1.27's AEC ``api_test`` reads ``observation.dtype``, which ``str`` lacks (DESIGN.md,
@@ -616,7 +616,7 @@ def _check_pettingzoo(env_ref: str | Callable[[], Any]) -> None:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # its advice on Box/Discrete spaces and agent names does not apply to text
         try:
-            api_test(_encoded_observations(_make_aec(env_ref)), num_cycles=60)
+            api_test(encoded_observations(_make_aec(env_ref)), num_cycles=60)
             seed_test(lambda: _make_aec(env_ref), num_cycles=30)
         except AssertionError as exc:
             _fail("pettingzoo", f"PettingZoo's api_test/seed_test failed: {exc}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import random
 
-import numpy as np
 import pytest
 
 from turngym.envs.werewolf.bots import RandomBot, RuleBot, make_bot, play_game
@@ -278,31 +277,6 @@ needs_pettingzoo = pytest.mark.skipif(importlib.util.find_spec("pettingzoo") is 
                                       reason="needs the werewolf extra: pip install 'turngym[werewolf]'")
 
 
-def _encoded(env, size: int):
-    """A test-only wrapper: text observations as a fixed-size uint8 Box (UTF-8, zero padded).
-
-    PettingZoo 1.27's AEC api_test reads ``observation.dtype``, which ``str`` lacks."""
-    from gymnasium import spaces
-    from pettingzoo.utils import BaseWrapper
-
-    class EncodedText(BaseWrapper):
-        def __init__(self, inner):
-            super().__init__(inner)
-            self._boxes = {a: spaces.Box(0, 255, (size,), np.uint8) for a in inner.possible_agents}
-
-        def observation_space(self, agent):
-            return self._boxes[agent]
-
-        def observe(self, agent):
-            raw = self.env.observe(agent).encode("utf-8")
-            assert len(raw) <= size
-            out = np.zeros(size, np.uint8)
-            out[: len(raw)] = np.frombuffer(raw, np.uint8)
-            return out
-
-    return EncodedText(env)
-
-
 @needs_pettingzoo
 def test_parallel_api_test_passes():
     from pettingzoo.test import parallel_api_test
@@ -317,9 +291,10 @@ def test_parallel_api_test_passes():
 def test_aec_api_test_passes_through_the_encoding_wrapper():
     from pettingzoo.test import api_test
 
+    from turngym.envs.check import encoded_observations
     from turngym.envs.werewolf import env
 
-    api_test(_encoded(env(preset="small", max_observation_chars=4096, max_action_chars=64), 3 * 4096), num_cycles=300)
+    api_test(encoded_observations(env(preset="small", max_observation_chars=4096, max_action_chars=64)), num_cycles=300)
 
 
 @needs_pettingzoo
