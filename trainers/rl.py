@@ -87,6 +87,7 @@ from turngym.trainers.runlog import (
     check_resume_config,
     load_newest,
     load_state,
+    prune_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -290,6 +291,8 @@ class RLTrainer:
             print(f"turngym train: no checkpoint in {self.run_dir}: starting afresh", flush=True)
             return
         self.resumed_from = found[0]
+        if self.dist.main:  # finish the pruning a kill right after the last save left undone
+            prune_checkpoints(self.run_dir, self.iteration_done, self.cfg.run.keep_checkpoints)
         print(f"turngym train: resumed from {found[0]} (iteration {self.iteration_done})", flush=True)
 
     def _load_checkpoint(self, ckpt: Path) -> dict[str, Any]:

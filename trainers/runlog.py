@@ -291,6 +291,14 @@ def save_checkpoint(run_dir: Path, iteration: int, model: Any, tokenizer: Any, s
         save_model(model, tokenizer, tmp)
         torch.save(plain, tmp / STATE_FILE)
     write_atomic(run_dir / "latest", final.name + "\n")
+    prune_checkpoints(run_dir, iteration, keep)
+    return final
+
+
+def prune_checkpoints(run_dir: Path, iteration: int, keep: int) -> None:
+    """Remove the checkpoints after ``iteration`` (a timeline a resume abandoned) and all but the newest
+    ``keep`` up to it (``keep`` <= 0 keeps all). :func:`save_checkpoint` prunes after each save; a resume
+    prunes again, which finishes the pruning a kill between the save and the prune left undone."""
     found = list_checkpoints(run_dir)
     older = [p for p in found if checkpoint_iteration(p) < iteration]
     drop = [p for p in found if checkpoint_iteration(p) > iteration]
@@ -298,7 +306,6 @@ def save_checkpoint(run_dir: Path, iteration: int, model: Any, tokenizer: Any, s
         drop += older[:max(0, len(older) - (keep - 1))]
     for old in drop:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

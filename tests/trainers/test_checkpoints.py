@@ -184,6 +184,23 @@ def test_a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one(corridor, w
         _trainer(corridor, word_tok, tmp_path, "run.iterations=4", resume=True)
 
 
+def test_a_resume_finishes_the_pruning_a_kill_after_the_save_left_undone(corridor, word_tok, tmp_path, monkeypatch):
+    """Before: a kill between checkpoint-6's rename and the prune left checkpoint-2 beside 4 and 6 for good
+    (the resumed run saved nothing more, so nothing pruned it); CI's random kill -9 test caught it."""
+    from turngym.trainers import runlog
+
+    monkeypatch.setattr(runlog, "prune_checkpoints", lambda *a, **k: None)  # every save "killed" before its prune
+    _trainer(corridor, word_tok, tmp_path, "run.iterations=6").train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    monkeypatch.undo()
+    finished = (tmp_path / "metrics.jsonl").read_text()
+    resumed = _trainer(corridor, word_tok, tmp_path, "run.iterations=6", resume=True)
+    assert resumed.iteration_done == 6
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    resumed.train()
+    assert (tmp_path / "metrics.jsonl").read_text() == finished
+
+
 # ---- fsync ---------------------------------------------------------------------------------------------------
 
 
