@@ -14,7 +14,9 @@ problem) as the user message, then past turns as assistant / user
 memory does).
 
 Parsing: the first ``Action:`` line is the action (markdown emphasis and
-surrounding quotes/backticks are dropped); failing that, the text after the
+surrounding quotes/backticks are dropped), or, when it opens a
+``<function=NAME>`` block (SWE's tool calls), the lines up to its
+``</function>``; failing that, the text after the
 first ``action:`` / ``actions:`` label inside a line, to the end of that line. A reply without one is a format
 failure: the whole reply goes to the env, which answers with feedback, and
 the step is flagged (``Step.info["format_ok"] = False``); nothing raises.
@@ -50,6 +52,10 @@ _ACTION_INLINE = re.compile(r"\bactions?\s*[*_]*\s*:[*_]*[ \t]*(.*)$", re.IGNORE
 _REPORT_START = re.compile(r"<report>", re.IGNORECASE)
 #: Longest text sent to an env as one action (longer replies are cut: envs cap actions anyway).
 MAX_ACTION_CHARS = 2000
+#: An action that opens a ``<function=NAME>`` block (R2E-Gym's text form of a tool call, which SWE uses) runs to
+#: its ``</function>``, across lines, up to this many characters.
+_FUNCTION_BLOCK = re.compile(r"[\s`]*(<function\s*=.*?</function>)", re.S)
+MAX_BLOCK_CHARS = 8000
 
 
 def strip_decoration(text: str) -> str:
@@ -143,6 +149,9 @@ class ReActAgent:
         match = _ACTION_LINE.search(text) or _ACTION_INLINE.search(text)
         if match is None:
             return raw_action(text), False, "no 'Action:' line"
+        block = _FUNCTION_BLOCK.match(text, match.start(1)) or _FUNCTION_BLOCK.match(text, match.end())
+        if block is not None:  # a multi-line function call (SWE's tools): the whole block is the action
+            return block.group(1)[:MAX_BLOCK_CHARS], True, ""
         action = strip_decoration(match.group(1))
         if not action:  # "Action:" with the action on the next line
             rest = text[match.end():].strip().splitlines()

@@ -451,3 +451,13 @@ def test_renderer_prefills_the_reply_as_prompt_tokens(tiny_engine, tiny_tokenize
     assert prefix == "Thought:"
     assert ids == tiny_engine.render(msgs) + tiny_tokenizer("Thought:", add_special_tokens=False)["input_ids"]
     assert json.dumps(msgs)
+
+
+def test_react_reads_a_multi_line_function_call_whole():
+    """SWE's actions are R2E-Gym function calls over several lines: the block up to </function> is the action."""
+    agent = ReActAgent(G24)
+    call = ("<function=str_replace>\n<parameter=path>a.py</parameter>\n<parameter=old_str>    x = 1\n    y = 2"
+            "</parameter>\n<parameter=new_str>    x = 2</parameter>\n</function>")
+    assert agent.parse_action(f"Thought: fix it.\nAction: {call}\nI hope this works.") == (call, True, "")
+    assert agent.parse_action(f"Thought: fix it.\nAction:\n```\n{call}\n```") == (call, True, "")
+    assert agent.parse_action("Thought: t\nAction: 4 * 6 (left: 24)")[0] == "4 * 6 (left: 24)"  # one-line actions as before
