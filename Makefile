@@ -32,7 +32,13 @@ WEBSHOP_BROWSER_TESTS := tests/envs/test_webshop_browser.py
 
 .PHONY: setup quickstart test test-slow test-integration test-alfworld test-vllm test-webshop-browser test-newest lock clean-venv
 
+# `setup` also installs Debian's bubblewrap where `bwrap` is missing and we are root (CI): the SWE env's sandbox
+# (envs/swe/sandbox.py, its default backend on Linux) runs commands under it, and its security tests need it.
 setup: $(VENV)/.turngym-installed
+	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; else \
+		echo "make setup: bwrap (bubblewrap) is missing; the SWE env's sandbox and tests/envs/test_swe_sandbox.py need it:" \
+		"sudo apt-get install bubblewrap (or your distribution's bubblewrap package)"; fi; }
 
 $(VENV)/.turngym-installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
