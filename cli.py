@@ -184,6 +184,7 @@ _PLUGINS: dict[str, tuple[str, str]] = {
     "bench": ("turngym.benchmarks.bench", "evaluate agents on envs with honest statistics"),
     "serve": ("turngym.agents.serve", "serve an engine over an OpenAI-compatible HTTP API"),
     "serve-retriever": ("turngym.envs.search.server", "serve a Search env retriever over a Search-R1-compatible HTTP API"),
+    "swe": ("turngym.envs.swe.generate", "generate SWE bug-fixing tasks from PyPI sdists and check them with the oracle"),
     "train": ("turngym.trainers.cli:Train", "train an LLM agent with multi-turn RL from a YAML recipe"),
     "sft": ("turngym.trainers.cli:SFT", "supervised warm start on oracle or recorded trajectories"),
     "eval": ("turngym.trainers.cli:Eval", "evaluate a training run's checkpoint as the trainer does"),
