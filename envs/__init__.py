@@ -170,6 +170,12 @@ register(
     max_episode_steps=15,  # verl-agent's WebShop budget
     description="WebShop: search a shop, open products, choose options and buy what the instruction asks for; WebShop's pages, actions and reward (text or real-browser mode).",
 )
+register(
+    "turngym/SWE-v0",
+    entry_point="turngym.envs.swe.env:SWEEnv",
+    max_episode_steps=40,
+    description="SWE: fix a bug in a Python repository (SWE-bench format, SWE-smith-style tasks) with bash and file tools in a bwrap sandbox; reward when the failing tests pass and nothing else breaks.",
+)
 register(  # PettingZoo (multi-agent): not in gym.registry; build it with turngym.envs.werewolf.env(**config)
     "turngym/Werewolf-v0",
     entry_point="turngym.envs.werewolf:env",
