@@ -114,3 +114,18 @@ def test_react_with_the_embedded_model_runs_and_reports(tmp_path):
     assert row["episodes"] == 2 and row["errors"] == 0 and row["generated_tokens"] > 0
     trajs = load_trajectories(out / row["trajectories"])
     assert all(s.response_ids and s.prompt_ids for t in trajs for s in t.steps)
+
+
+@pytest.mark.slow
+def test_react_and_tool_agents_with_the_embedded_model_run_on_swe(tmp_path):
+    """Issue 20's done-means: bench runs ReAct and the tool-calling agent on SWE (bwrap sandbox) with SmolLM2."""
+    pytest.importorskip("libcst")
+    out = tmp_path / "swe"
+    assert main(["bench", "--env", "turngym/SWE-v0", "--agent", "react", "--agent", "tool", "--model", "default",
+                 "--episodes", "1", "--max-steps", "2", "--out", str(out), "--no-progress"]) == 0
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["agent"] for r in rows] == ["react", "tool"]
+    for row in rows:
+        assert row["episodes"] == 1 and row["errors"] == 0 and row["generated_tokens"] > 0
+        trajs = load_trajectories(out / row["trajectories"])
+        assert all(len(t.steps) >= 1 and all(s.response_ids for s in t.steps) for t in trajs)
