@@ -1,5 +1,6 @@
 """File helpers: atomic writes (a reader sees the old file or folder or the whole new one, never half of one,
-even after a crash or a power cut) and the files shipped inside installed wheels (`package_files`).
+even after a crash or a power cut), the files shipped inside installed wheels (`package_files`) and
+turngym's cache folder (`cache_dir`).
 
 Depends on nothing else of ours, so any layer may import it.
 """
@@ -94,3 +95,12 @@ def package_files(distribution: str) -> list[Path] | None:
     except metadata.PackageNotFoundError:
         return None
     return [Path(str(f.locate())) for f in dist.files or ()]
+
+
+def cache_dir() -> Path:
+    """turngym's cache root: ``$TURNGYM_CACHE``, else ``$XDG_CACHE_HOME/turngym``, else ``~/.cache/turngym``."""
+    root = os.environ.get("TURNGYM_CACHE")
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "turngym"

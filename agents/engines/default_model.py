@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from turngym.errors import MissingDependencyError, TurngymError, require
-from turngym.files import package_files
+from turngym.files import cache_dir, package_files
 
 #: The name reports use for the embedded model.
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -82,12 +82,6 @@ class DefaultModelMissingError(MissingDependencyError):
         self.extra = None
 
 
-def cache_dir() -> Path:
-    """turngym's cache root: ``$TURNGYM_CACHE``, else ``$XDG_CACHE_HOME/turngym``, else ``~/.cache/turngym``."""
-    if os.environ.get("TURNGYM_CACHE"):
-        return Path(os.environ["TURNGYM_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "turngym"
 
 
 def models_dir() -> Path:

