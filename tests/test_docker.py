@@ -149,4 +149,4 @@ def test_the_gpu_image_keeps_its_cuda_torch():
     assert dropped is not None
     assert {"torch", "triton", "vllm"} <= set(dropped.group(1).split("|"))
     lock = (ROOT / "constraints-lock.txt").read_text()
-    assert re.search(r"^torch==.*\+cpu", lock, re.M), "the lock's torch is the CPU build this image must not install"
+    assert re.search(r"^torch==.*\+cpu", lock, re.MULTILINE), "the lock's torch is the CPU build this image must not install"
