@@ -5,7 +5,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= hf,train,serve,triton,werewolf,search,webshop,swe,parquet,dev
+EXTRAS ?= hf,train,serve,triton,werewolf,search,webshop,swe,parquet,ray,dev
 # Every resolved version, pinned (`make lock` regenerates it): the quick start and CI install exactly these,
 # so an upstream release cannot break a fresh clone overnight. `make test-newest` tests the newest versions
 # instead (only the CPU torch pin of constraints-cpu.txt).

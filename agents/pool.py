@@ -22,13 +22,17 @@ that episode's ``Trajectory.error``); the pool keeps serving other slots.
   (a top-level function or ``functools.partial`` of one, e.g.
   ``partial(make_env, env_id, kwargs)``).
 
-A Ray pool drops in by implementing the same two methods (``submit`` and
-``close``) over actors. This module depends on :mod:`turngym.envs` (lazily)
-and :mod:`turngym.errors`.
+* :class:`RayEnvPool`: envs in Ray actors (slot ``i`` in actor ``i % workers``),
+  local or across a cluster; a dead actor is restarted and its episodes become
+  env errors. Needs ``pip install 'turngym[ray]'``.
+
+This module depends on :mod:`turngym.envs` (lazily), :mod:`turngym.errors` and,
+for the Ray pool only, ``ray`` (imported lazily).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing as mp
 import os
@@ -260,12 +264,150 @@ class ProcessEnvPool:
             conn.close()
 
 
+
+class _EnvActor:
+    """A Ray actor's body: the envs of its slots (slot -> env), made lazily, fresh after every restart.
+
+    ``incarnation`` is new each time Ray (re)starts the actor: a call carrying the incarnation its slot's
+    episode started in fails if the actor restarted since (its env, and the episode's state, are gone).
+    """
+
+    def __init__(self, env_fn: EnvFn):
+        import uuid
+
+        self._env_fn = env_fn
+        self._envs: dict[int, Any] = {}
+        self.incarnation = uuid.uuid4().hex
+
+    def call(self, slot: int, method: str, args: tuple, expected: str | None) -> tuple[Any, float, str]:
+        start = time.perf_counter()
+        if method == "rebuild":
+            _close_quietly(self._envs.pop(slot, None))
+            self._envs[slot] = self._env_fn()
+            return None, time.perf_counter() - start, self.incarnation
+        if method != "reset" and expected is not None and expected != self.incarnation:
+            raise EnvFaultError(f"the Ray actor of env slot {slot} restarted: the episode's env state is lost")
+        if slot not in self._envs:
+            self._envs[slot] = self._env_fn()
+            start = time.perf_counter()
+        result = env_call(self._envs[slot], method, args)
+        return result, time.perf_counter() - start, self.incarnation
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            _close_quietly(env)
+        self._envs.clear()
+
+
+class RayEnvPool:
+    """Envs in Ray actors, on this machine or across a Ray cluster.
+
+    Slot ``i`` lives in actor ``i % actors``; each actor hosts the envs of its slots and runs their calls one
+    at a time (like a :class:`ProcessEnvPool` worker). Actors are placed with the ``"SPREAD"`` scheduling
+    strategy, so on a cluster they go to different nodes where they can. ``env_fn`` must be picklable by
+    Ray (cloudpickle); the workers must be able to import turngym.
+
+    Faults: an actor that dies (killed, out of memory, its node lost) is restarted by Ray (``max_restarts``).
+    The calls it was running or had queued fail with :class:`~turngym.errors.EnvFaultError`, and so does any
+    later "step"/"query" of an episode that started before the restart, since its env state is gone: the
+    runner records those episodes as env errors and rebuilds their slots. The next "reset" or "rebuild" of a
+    slot makes a fresh env in the restarted actor.
+
+    Args:
+        env_fn: picklable env factory (see the module docstring).
+        size: number of env slots.
+        workers: actors (default: ``min(size, the cluster's CPUs)``).
+        num_cpus: CPUs each actor holds (fractional allowed, e.g. 0.5). Default: Ray's default for actors
+            (placed on a node with a free CPU, holds none while it runs, so more actors than CPUs fit).
+        ray_address: the cluster to join (``"auto"``, ``"ray://host:10001"``, ...). None: the running Ray of
+            this process if there is one, else ``ray.init()`` of a local one with ``ray_cpus`` CPUs (the
+            pool then shuts it down on close).
+        ray_cpus: CPUs of a local Ray started by the pool (default: all of this machine's).
+        max_restarts: restarts Ray may make of each actor (-1: without limit).
+    """
+
+    def __init__(self, env_fn: EnvFn, size: int, workers: int | None = None, *, num_cpus: float | None = None,
+                 ray_address: str | None = None, ray_cpus: int | None = None, max_restarts: int = -1):
+        if size < 1:
+            raise ValueError(f"an env pool needs at least one slot, got size={size}")
+        try:
+            import ray
+        except ImportError as exc:
+            raise ImportError("the Ray env pool needs ray: pip install 'turngym[ray]'") from exc
+        self._ray = ray
+        self.size = size
+        self._owns_ray = False
+        if not ray.is_initialized():
+            if ray_address is None:
+                ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=ray_address, log_to_driver=False)
+            self._owns_ray = True
+        n = max(1, min(workers or int(ray.cluster_resources().get("CPU", 1)) or 1, size))
+        options: dict[str, Any] = {"max_restarts": max_restarts, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
+        if num_cpus is not None:
+            options["num_cpus"] = num_cpus
+        remote_cls = ray.remote(_EnvActor).options(**options)
+        self.actors = [remote_cls.remote(env_fn) for _ in range(n)]
+        self._incarnation: list[str | None] = [None] * size  # the actor incarnation of each slot's episode
+        self._closed = False
+
+    def submit(self, slot: int, method: str, *args: Any) -> Future:
+        future: Future = Future()
+        a = slot % len(self.actors)
+        if self._closed:
+            future.set_exception(EnvFaultError(f"the Ray env pool is closed (slot {slot}, call {method!r})"))
+            return future
+        ref = self.actors[a].call.remote(slot, method, args, self._incarnation[slot])
+        ref.future().add_done_callback(lambda done: self._settle(future, done, slot, a, method))
+        return future
+
+    def _settle(self, future: Future, done: Future, slot: int, a: int, method: str) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            result, seconds, incarnation = done.result()
+        except RayActorError as exc:  # the slot keeps its incarnation: its next step fails too, until a reset
+            future.set_exception(EnvFaultError(f"Ray actor {a} (env slot {slot}) died during {method!r}: "
+                                               f"{type(exc).__name__}; it is restarted, the episode is lost"))
+            return
+        except RayTaskError as exc:
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            future.set_exception(cause if isinstance(cause, EnvFaultError)
+                                 else EnvFaultError(f"env raised in Ray actor {a}: {type(cause).__name__}: {cause}"))
+            return
+        except BaseException as exc:  # noqa: BLE001 - e.g. the result could not be fetched
+            future.set_exception(EnvFaultError(f"Ray call {method!r} on env slot {slot} failed: {exc!r}"))
+            return
+        if method in ("reset", "rebuild"):
+            self._incarnation[slot] = incarnation
+        future.set_result((result, seconds))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        ray = self._ray
+        with contextlib.suppress(Exception):  # the envs' close is best effort: the actors die next anyway
+            ray.get([actor.close.remote() for actor in self.actors], timeout=10)
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        if self._owns_ray:
+            ray.shutdown()
+
+
 def make_pool(kind: str | EnvPool, env_fn: EnvFn, size: int, workers: int | None = None) -> EnvPool:
-    """A pool by name ("thread" or "process"), or the given pool object."""
+    """A pool by name ("thread", "process" or "ray"), or the given pool object."""
     if not isinstance(kind, str):
         return kind
     if kind == "thread":
         return ThreadEnvPool(env_fn, size, workers)
     if kind == "process":
         return ProcessEnvPool(env_fn, size, workers)
-    raise ValueError(f"unknown env pool {kind!r}; use 'thread' or 'process' (or pass an EnvPool object)")
+    if kind == "ray":
+        return RayEnvPool(env_fn, size, workers)
+    raise ValueError(f"unknown env pool {kind!r}; use 'thread', 'process' or 'ray' (or pass an EnvPool object)")

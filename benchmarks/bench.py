@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=int, default=16,
                         help="live episodes at once = the generate batch (default 16)")
     parser.add_argument("--max-steps", type=int, default=None, help="env steps per episode (default: the env's limit)")
-    parser.add_argument("--pool", default="thread", choices=("thread", "process"), help="env pool (default thread)")
+    parser.add_argument("--pool", default="thread", choices=("thread", "process", "ray"),
+                        help="env pool (default thread; ray needs turngym[ray])")
     parser.add_argument("--workers", type=int, default=None, help="env pool threads/processes")
     parser.add_argument("--schedule", default="auto", choices=("auto", "lockstep", "continuous"),
                         help="runner schedule: continuous batching (auto, where the engine has it) or lockstep turns")
