@@ -157,7 +157,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from turngym.envs.check import EnvCheckError, check_env
     from turngym.errors import MissingDependencyError
 
-    ids = list(registry()) if args.env_id == "all" else [args.env_id]
+    # "all" leaves out remote clients (turngym/Remote-v0): they need a server's url
+    ids = [i for i, e in registry().items() if e.kind != "remote"] if args.env_id == "all" else [args.env_id]
     failed = 0
     for env_id in ids:
         try:
@@ -183,6 +184,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 _PLUGINS: dict[str, tuple[str, str]] = {
     "bench": ("turngym.benchmarks.bench", "evaluate agents on envs with honest statistics"),
     "serve": ("turngym.agents.serve", "serve an engine over an OpenAI-compatible HTTP API"),
+    "serve-env": ("turngym.envs.remote", "serve envs over HTTP for turngym/Remote-v0 clients on other hosts"),
     "serve-retriever": ("turngym.envs.search.server", "serve a Search env retriever over a Search-R1-compatible HTTP API"),
     "swe": ("turngym.envs.swe.generate", "generate SWE bug-fixing tasks from PyPI sdists and check them with the oracle"),
     "train": ("turngym.trainers.cli:Train", "train an LLM agent with multi-turn RL from a YAML recipe"),

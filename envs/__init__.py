@@ -33,7 +33,7 @@ class EnvEntry:
 
     id: str
     description: str
-    kind: str = "gymnasium"  # or "pettingzoo"
+    kind: str = "gymnasium"  # or "pettingzoo", or "remote" (a Gymnasium env that needs a server: turngym.envs.remote)
 
 
 _ENTRIES: dict[str, EnvEntry] = {}
@@ -43,7 +43,7 @@ _ENTRY_POINTS: dict[str, str] = {}
 def register(id: str, entry_point: str, *, description: str, max_episode_steps: int | None = None,
              kwargs: dict[str, Any] | None = None, kind: str = "gymnasium") -> None:
     """Register an env with Gymnasium (idempotent) and with turngym's listing."""
-    if kind == "gymnasium" and id not in gym.registry:
+    if kind in ("gymnasium", "remote") and id not in gym.registry:
         gym.register(id=id, entry_point=entry_point, max_episode_steps=max_episode_steps, kwargs=kwargs or {})
     _ENTRIES[id] = EnvEntry(id=id, description=description, kind=kind)
     _ENTRY_POINTS[id] = entry_point
@@ -64,7 +64,7 @@ def registry() -> dict[str, EnvEntry]:
 
 
 def gymnasium_ids() -> list[str]:
-    """The ids of the single-agent (Gymnasium) envs."""
+    """The ids of the single-agent (Gymnasium) envs (not ``remote`` ones: they need a server to be made)."""
     return [i for i, e in registry().items() if e.kind == "gymnasium"]
 
 
@@ -181,4 +181,10 @@ register(  # PettingZoo (multi-agent): not in gym.registry; build it with turngy
     entry_point="turngym.envs.werewolf:env",
     kind="pettingzoo",
     description="Werewolf: hidden roles, night actions, free-text debate and votes among LLM agents and bots (PettingZoo AEC + parallel).",
+)
+register(  # a client: needs url= of a `turngym serve-env` server, so the registry-wide tests skip it (tests/envs/test_remote.py)
+    "turngym/Remote-v0",
+    entry_point="turngym.envs.remote:make_remote",
+    kind="remote",
+    description="Any turngym env served by `turngym serve-env` on another host (SWE sandboxes, browsers), over HTTP.",
 )

@@ -21,6 +21,8 @@ from turngym.errors import UnknownEnvError
 
 
 def _needs_its_stack(env_id: str) -> None:
+    if registry()[env_id].kind == "remote":
+        pytest.skip("a client of `turngym serve-env`: needs a server; checked in tests/envs/test_remote.py")
     if registry()[env_id].kind == "pettingzoo" and importlib.util.find_spec("pettingzoo") is None:
         pytest.skip("needs the werewolf extra: pip install 'turngym[werewolf]'")
 
@@ -46,7 +48,7 @@ def test_registered_env_passes_checker_with_1000_random_junk_actions(env_id):
 
 def test_every_registered_kind_goes_through_the_checker():
     kinds = {entry.kind for entry in registry().values()}
-    assert kinds == {"gymnasium", "pettingzoo"}, "a new kind of env needs its checker variant"
+    assert kinds == {"gymnasium", "pettingzoo", "remote"}, "a new kind of env needs its checker variant"
 
 
 @pytest.mark.parametrize("env_id", gymnasium_ids())
