@@ -181,6 +181,9 @@ class RunConfig:
     tensorboard: bool = _f(True, "also write TensorBoard events (if tensorboard is installed)")
     progress: bool = _f(True, "show a progress bar")
     threads: int = _f(0, "torch intra-op threads (0: leave torch's default)")
+    data_parallel: str = _f("ddp", "under torchrun (WORLD_SIZE > 1): 'ddp' (DistributedDataParallel, replicas, "
+                            "bucketed all-reduce once per optimizer step) or 'fsdp2' (fully_shard: parameters, "
+                            "gradients and optimizer state sharded across ranks); ignored in one process")
 
 
 @dataclass
@@ -343,6 +346,7 @@ OBJECTIVES = ("ppo", "tb", "step_dpo")
 ENGINES = ("hf", "vllm")
 SCHEDULES = ("auto", "lockstep", "continuous")  # EpisodeRunner's
 LR_SCHEDULES = ("constant", "linear", "cosine")
+DATA_PARALLEL = ("ddp", "fsdp2")
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # names agents.engines.device resolves
 OLD_LOGPROBS = ("recompute", "engine")
 SEQ_UNITS = ("sample", "step")
@@ -506,6 +510,7 @@ def validate_config(config: Any) -> Any:
     if isinstance(config, RLConfig):
         _check_rollout(config.rollout)
         _check_algo(config.algo)
+        _choice("run.data_parallel", config.run.data_parallel, DATA_PARALLEL)
     if isinstance(config, SFTConfig):
         _check_data(config.data)
     multi_agent = _check_env(config.env, config.run.eval_tasks)

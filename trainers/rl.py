@@ -152,6 +152,9 @@ class RLTrainer:
         from turngym.trainers.model import Reference, trainable_parameters
 
         self.reference = Reference(self.model) if cfg.algo.kl_coef > 0 or cfg.algo.objective == "step_dpo" else None
+        # Data parallel (before the optimizer: FSDP2 turns the parameters into shards); the loss's forward goes
+        # through train_model, the engine and checkpoints use self.model.
+        self.train_model = self.dist.wrap(self.model, cfg.run.data_parallel)
         params = trainable_parameters(self.model)
         if not params:
             raise TurngymError("the model has no trainable parameters")
@@ -167,7 +170,8 @@ class RLTrainer:
 
         self.policy_update = PolicyUpdate(cfg, self.model, self.optimizer, self.scheduler, self.dist,
                                           pad_id=self.pad_id, temperature=self.temperature,
-                                          objective=self.objective, loss_terms=loss_terms(cfg.algo))
+                                          objective=self.objective, loss_terms=loss_terms(cfg.algo),
+                                          train_model=self.train_model if self.dist.world > 1 else None)
         self.spa_state = SPAProgressState()  # SPA's learned progress estimator: its replay of recent steps
         self.credit_metrics: dict[str, float] = {}
         self.iteration_done = 0
@@ -279,8 +283,9 @@ class RLTrainer:
 
     def save(self) -> Path:
         path = self.run_dir / f"checkpoint-{self.iteration_done}"
+        model = self.dist.checkpoint_model(self.model)  # FSDP2: every rank gathers, rank 0 saves the full weights
         if self.dist.main:
-            path = save_checkpoint(self.run_dir, self.iteration_done, self.model, self.tokenizer, self._state(),
+            path = save_checkpoint(self.run_dir, self.iteration_done, model, self.tokenizer, self._state(),
                                    keep=self.cfg.run.keep_checkpoints)
         self.dist.barrier()
         return path
@@ -377,7 +382,8 @@ class RLTrainer:
         runner = EpisodeRunner(cfg.env.id, self.agent, self.engine, env_kwargs=cfg.env.kwargs,
                                max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None,
                                schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic)
-        result = runner.run(specs)
+        with self.dist.full_weights(self.model):  # FSDP2: the engine generates from gathered weights
+            result = runner.run(specs)
         return result.trajectories, result.stats
 
     def iteration(self) -> dict[str, Any]:
@@ -531,7 +537,8 @@ class RLTrainer:
         sampling temperature: :func:`~turngym.trainers.logprobs.sequence_logprobs`."""
         from turngym.trainers.logprobs import sequence_logprobs
 
-        return sequence_logprobs(model if model is not None else self.model, batch.input_ids, batch.attention_mask,
+        model = model if model is not None else self.train_model
+        return sequence_logprobs(model, batch.input_ids, batch.attention_mask,
                                  temperature=self.temperature, with_entropy=with_entropy, loss_mask=batch.loss_mask,
                                  position_ids=batch.position_ids)
 
@@ -545,7 +552,8 @@ class RLTrainer:
         its record.
         """
         if self.dist.world > 1:
-            record = self._evaluate(split, num_tasks) if self.dist.main else None
+            with self.dist.full_weights(self.model):
+                record = self._evaluate(split, num_tasks) if self.dist.main else None
             return self.dist.broadcast_object(record)
         return self._evaluate(split, num_tasks)
 

@@ -16,7 +16,8 @@
   the opt-in terms, each ``objective(ctx, micro_batch)``
   (:mod:`turngym.trainers.objectives`); AEPO's entropy-aware advantage and
   EPO's per-turn entropy history (its ``Hbar_k``) are kept here.
-* **Step.** Gradients all-reduced across ranks, clipped to
+* **Step.** Gradients reduced across ranks by the data-parallel wrapper
+  (DDP or FSDP2) in the last micro-batch's backward, clipped to
   ``optim.max_grad_norm``, one optimizer and scheduler step.
 
 Depends on torch, numpy, ``turngym.agents.runner`` (seeds) and this
@@ -49,15 +50,21 @@ class PolicyUpdate:
         optimizer, scheduler: stepped once per mini-batch.
         dist: the data-parallel handle (:class:`~turngym.trainers.distributed.Distributed`).
         pad_id: the padding id of collated batches.
+        train_model: the data-parallel wrapper the loss's forward goes through
+            (:meth:`~turngym.trainers.distributed.Distributed.wrap`; default ``model``).
         temperature: the sampling temperature (engine log-probs are compared only at 1).
         objective, loss_terms: the loss of a micro-batch (:data:`~turngym.trainers.objectives.OBJECTIVES`,
             :func:`~turngym.trainers.objectives.loss_terms`).
     """
 
     def __init__(self, config: RLConfig, model: Any, optimizer: Any, scheduler: Any, dist: Distributed, *,
-                 pad_id: int, temperature: float, objective: Objective, loss_terms: list[Objective]):
+                 pad_id: int, temperature: float, objective: Objective, loss_terms: list[Objective],
+                 train_model: Any = None):
         self.cfg = config
         self.model = model
+        self.train_model = train_model if train_model is not None else model
+        # Parameters whose gradients the wrapper reduces; the others (log Z) are summed here.
+        self._wrapped = {id(p) for p in model.parameters()} if train_model is not None else set()
         self.optimizer, self.scheduler, self.dist = optimizer, scheduler, dist
         self.pad_id, self.temperature = pad_id, temperature
         self.objective, self.loss_terms = objective, loss_terms
@@ -88,16 +95,19 @@ class PolicyUpdate:
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
                 norms = self._normalizers([samples[i] for i in mb])
-                for micro in self.micro_batches(samples, mb):
-                    m = self._micro_step(ctx, samples, micro, norms, hbar, single_pass and epoch == 0, turn_entropy)
+                micros = self.micro_batches(samples, mb)
+                for j, micro in enumerate(micros):
+                    # Gradient accumulation: the data-parallel wrapper reduces across ranks in the last backward.
+                    with self.dist.grad_sync(self.train_model, j == len(micros) - 1):
+                        m = self._micro_step(ctx, samples, micro, norms, hbar, single_pass and epoch == 0,
+                                             turn_entropy)
                     for k, v in m.items():
                         metrics[k].append(v)
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                self.dist.all_reduce_grads(params)
-                if cfg.optim.max_grad_norm > 0:
-                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-                else:
-                    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                self.dist.all_reduce_([p.grad for p in params if p.grad is not None and id(p) not in self._wrapped])
+                # inf: no clip, the norm only (its coefficient clamps to 1); works on FSDP2's DTensor gradients.
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
+                norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
                 grad_norms.append(float(norm))
                 self.optimizer.step()
                 self.scheduler.step()
