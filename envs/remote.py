@@ -14,7 +14,8 @@ API (JSON bodies, ``Content-Type: application/json``; with an API key every rout
 ``Authorization: Bearer KEY``, compared in constant time, else 401):
 
 * ``GET /health`` -> ``{"status": "ok", "envs": [...], "sessions": N}``
-* ``POST /sessions`` ``{"env_id", "kwargs"}`` -> ``{"session_id", "env_id", "max_observation_length",
+* ``POST /sessions`` ``{"env_id", "kwargs"}`` (only the ``kwargs`` names in ``--allow-kwarg``, by default
+  ``split`` and ``invalid_action_penalty``, else 403) -> ``{"session_id", "env_id", "max_observation_length",
   "max_action_length", "max_episode_steps", "exemplars", "tool_specs"}`` (409 past ``--max-sessions``;
   403 for an id the server was not started with)
 * ``POST /sessions/{id}/reset`` ``{"seed", "options"}`` -> ``{"observation", "info"}``
@@ -66,6 +67,8 @@ API_KEY_ENV = "TURNGYM_ENV_SERVER_KEY"
 #: Methods (and properties, called with no args) of ``env.unwrapped`` a client may call.
 CALLS = ("oracle_action", "admissible_actions", "illegal_actions", "get_state", "set_state", "state_key",
          "task_ids", "splits", "get_task", "won", "progress", "instruction", "task", "task_id")
+#: Env constructor arguments a client may pass unless the server is told otherwise (``--allow-kwarg``).
+DEFAULT_CLIENT_KWARGS = ("split", "invalid_action_penalty")
 #: Exceptions an env raises on purpose, raised again by the client under the same type.
 _RAISED = {"TaskError": TaskError, "TurngymError": TurngymError, "TypeError": TypeError, "ValueError": ValueError,
            "KeyError": KeyError, "NotImplementedError": NotImplementedError}
@@ -217,9 +220,11 @@ class _TooLarge(Exception):
 
 
 def create_app(env_ids: list[str], *, api_key: str | None = None, max_sessions: int = 16,
-               idle_timeout_s: float = 600.0, call_timeout_s: float = 300.0, max_body_bytes: int = 1 << 20,
-               max_action_length: int = 65_536, allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")) -> Any:
-    """A FastAPI app serving sessions of ``env_ids`` (and no other id)."""
+               idle_timeout_s: float = 600.0, call_timeout_s: float = 300.0, max_body_bytes: int = 8 << 20,
+               max_action_length: int = 262_144, allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1"),
+               allowed_kwargs: tuple[str, ...] = DEFAULT_CLIENT_KWARGS) -> Any:
+    """A FastAPI app serving sessions of ``env_ids`` (and no other id); clients may pass only the constructor
+    arguments named in ``allowed_kwargs`` (an env's paths, backends or commands stay the server's choice)."""
     require("fastapi", "serve", "turngym serve-env")
     from fastapi import FastAPI, Request
     from starlette.concurrency import run_in_threadpool
@@ -295,6 +300,10 @@ def create_app(env_ids: list[str], *, api_key: str | None = None, max_sessions: 
                                f"`turngym serve-env {body.get('env_id')}`")
         if not isinstance(kwargs, dict):
             return _error(422, "'kwargs' must be a JSON object of env constructor arguments")
+        refused = sorted(set(kwargs) - set(allowed_kwargs))
+        if refused:
+            return _error(403, f"this server does not take the env argument(s) {refused} from clients (it takes "
+                               f"{sorted(allowed_kwargs)}); start it with --allow-kwarg NAME for each")
         with creating:
             if len(sessions) >= max_sessions:
                 return _error(409, f"the server holds its limit of {max_sessions} sessions; close envs you no "
@@ -395,10 +404,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, default=16, help="most live envs at once (409 past it)")
     parser.add_argument("--idle-timeout", type=float, default=600.0, help="close a session idle this many seconds")
     parser.add_argument("--call-timeout", type=float, default=300.0, help="most seconds one env call may take")
-    parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body")
-    parser.add_argument("--max-action-length", type=int, default=65_536, help="longest action, in characters")
+    parser.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body")
+    parser.add_argument("--max-action-length", type=int, default=262_144, help="longest action, in characters")
     parser.add_argument("--allowed-host", action="append", default=None,
                         help="a Host header name to answer to (repeatable; default: those of --host)")
+    parser.add_argument("--allow-kwarg", action="append", default=None, metavar="NAME",
+                        help=f"an env constructor argument clients may pass (repeatable; default: {', '.join(DEFAULT_CLIENT_KWARGS)})")
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -408,7 +419,8 @@ def run(args: argparse.Namespace) -> int:
     allowed = tuple(args.allowed_host) if args.allowed_host else default_allowed_hosts(args.host)
     app = create_app(args.env_ids, api_key=api_key, max_sessions=args.max_sessions, idle_timeout_s=args.idle_timeout,
                      call_timeout_s=args.call_timeout, max_body_bytes=args.max_body_bytes,
-                     max_action_length=args.max_action_length, allowed_hosts=allowed)
+                     max_action_length=args.max_action_length, allowed_hosts=allowed,
+                     allowed_kwargs=tuple(args.allow_kwarg) if args.allow_kwarg else DEFAULT_CLIENT_KWARGS)
     url = f"http://{args.host}:{args.port}"
     print(f"turngym serve-env: {', '.join(args.env_ids)} at {url}; e.g. gym.make('turngym/Remote-v0', url='{url}', "
           f"env_id='{args.env_ids[0]}'){' (API key required)' if api_key else ''}", file=sys.stderr, flush=True)

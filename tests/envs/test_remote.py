@@ -19,6 +19,7 @@ pytest.importorskip("uvicorn")
 
 import turngym
 from turngym.envs.check import check_env
+from turngym.envs.game24.env import Game24Env
 from turngym.envs.remote import EnvServer, create_app, decode_state, encode_state
 from turngym.errors import EnvFaultError, TaskError, TurngymError
 
@@ -118,8 +119,33 @@ def test_limits_host_body_and_allow_list():
         assert e.value.code == 415
         with pytest.raises(TurngymError, match="serves .* not 'turngym/SWE-v0'"):
             _remote(s.url, "turngym/SWE-v0")
+        with pytest.raises(TurngymError, match="--allow-kwarg"):
+            _remote(s.url, IDS[1], env_kwargs={"render_mode": "human"})
         b.close()
         c.close()
+    with EnvServer(create_app(IDS)) as s:
+        env = _remote(s.url, IDS[1], env_kwargs={"split": "test"})
+        assert env.reset(seed=0)[1]["task_id"].startswith("test/")
+        env.close()
+
+
+class _SlowGame24(Game24Env):
+    def _apply(self, action):
+        time.sleep(0.5)
+        return super()._apply(action)
+
+
+def test_a_call_past_the_timeout_drops_the_session_and_raises_env_fault():
+    gym.register("turngym/SlowGame24-v0", entry_point=_SlowGame24)
+    try:
+        with EnvServer(create_app(["turngym/SlowGame24-v0"], call_timeout_s=0.2)) as s:
+            env = _remote(s.url, "turngym/SlowGame24-v0")
+            env.reset(seed=0)
+            with pytest.raises(EnvFaultError, match="took over 0.2s"):
+                env.step("1 + 1")
+            assert s.app.state.sessions == {}
+    finally:
+        del gym.registry["turngym/SlowGame24-v0"]
 
 
 def test_idle_sessions_are_reaped():
@@ -166,3 +192,10 @@ def test_server_killed_mid_episode_raises_env_fault():
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env_id", IDS)
+def test_remote_env_passes_the_full_checker(server, env_id):
+    report = check_env(lambda: _remote(server.url, env_id))
+    assert report.random_junk_actions == 100 and set(report.checks) == set(check_env(env_id, junk=0).checks)
