@@ -41,6 +41,11 @@ class Train:
         _config_args(parser, "RLConfig")
         parser.add_argument("--resume", action="store_true",
                             help="continue from the newest checkpoint in run.dir (bit-for-bit on CPU)")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="validate the config for a cluster and print the world layout, memory per rank and "
+                                 "the launch command, on CPU, without building anything (with --nodes, --gpus-per-node)")
+        parser.add_argument("--nodes", type=int, default=1, help="nodes of the --dry-run layout")
+        parser.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node of the --dry-run layout")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -51,6 +56,11 @@ class Train:
             return 0
         recipe, overrides = _split(args.recipe, args.overrides)
         config = load_config(RLConfig, recipe, overrides)
+        if args.dry_run:
+            from turngym.trainers.dryrun import dry_run, render
+
+            print(render(dry_run(config, args.nodes, args.gpus_per_node)))
+            return 0
         from turngym.trainers.rl import RLTrainer
 
         trainer = RLTrainer(config, resume=args.resume)

@@ -53,3 +53,14 @@ def test_dry_run_rejects_bad_keys_and_unknown_models(tmp_path):
     cfg.run.data_parallel = "fsdp"
     with pytest.raises(ConfigError, match="run.data_parallel"):
         dry_run(cfg, 2, 8)
+
+
+def test_the_cli_dry_run_prints_the_layout_and_builds_nothing(tmp_path, capsys):
+    from turngym.cli import main
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "gigpo_webshop_gpu.yaml"
+    assert main(["train", str(recipe), f"run.dir={tmp_path / 'run'}", "run.data_parallel=fsdp2", "--dry-run",
+                 "--nodes", "2", "--gpus-per-node", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "2 node(s) x 4 GPU(s) = 8 rank(s)" in out and "torchrun --nnodes 2 --nproc_per_node 4" in out
+    assert not (tmp_path / "run").exists()  # nothing built, nothing written
