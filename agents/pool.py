@@ -340,6 +340,7 @@ class RayEnvPool:
         self._ray = ray
         self.size = size
         self._owns_ray = False
+        ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable names a cluster
         if not ray.is_initialized():
             if ray_address is None:
                 ray.init(num_cpus=ray_cpus, include_dashboard=False, log_to_driver=False)

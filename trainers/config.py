@@ -100,6 +100,10 @@ class RolloutConfig:
     deterministic: bool = _f(True, "continuous schedule: wait for each decode step's env steps before the next "
                                    "(rollouts then depend on the seeds alone; set false for slow envs)")
     engine_kwargs: dict = _f({}, "extra engine arguments (e.g. {max_batch_size: 16} or vLLM's {gpu_memory_utilization: 0.5})")
+    env_pool: str = _f("thread", "where the envs step: 'thread' (this process; envs that wait), 'process' (worker "
+                                 "processes; CPU-heavy envs) or 'ray' (Ray actors, local or the cluster of RAY_ADDRESS; "
+                                 "turngym[ray])")
+    env_workers: int = _f(0, "env workers of the pool (threads, processes or Ray actors; 0: the pool's default)")
 
 
 @dataclass
@@ -344,6 +348,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
 
 OBJECTIVES = ("ppo", "tb", "step_dpo")
 ENGINES = ("hf", "vllm")
+ENV_POOLS = ("thread", "process", "ray")
 SCHEDULES = ("auto", "lockstep", "continuous")  # EpisodeRunner's
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DATA_PARALLEL = ("ddp", "fsdp2")
@@ -482,6 +487,9 @@ def _check_algo(a: AlgoConfig) -> None:
 def _check_rollout(r: RolloutConfig) -> None:
     _choice("rollout.engine", r.engine, ENGINES)
     _choice("rollout.schedule", r.schedule, SCHEDULES)
+    _choice("rollout.env_pool", r.env_pool, ENV_POOLS)
+    if r.env_workers < 0:
+        raise ConfigError(f"rollout.env_workers={r.env_workers}: give 0 (the pool's default) or a positive count")
     _at_least("rollout.tasks_per_iter", r.tasks_per_iter, 1)
     _at_least("rollout.group_size", r.group_size, 1)
     _at_least("rollout.max_concurrent", r.max_concurrent, 1)

@@ -381,7 +381,8 @@ class RLTrainer:
             specs = [sp for i, sp in enumerate(specs) if (i // g) % self.dist.world == self.dist.rank]
         runner = EpisodeRunner(cfg.env.id, self.agent, self.engine, env_kwargs=cfg.env.kwargs,
                                max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None,
-                               schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic)
+                               schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic,
+                               pool=cfg.rollout.env_pool, workers=cfg.rollout.env_workers or None)
         with self.dist.full_weights(self.model):  # FSDP2: the engine generates from gathered weights
             result = runner.run(specs)
         return result.trajectories, result.stats
@@ -573,7 +574,8 @@ class RLTrainer:
         agent = self._make_agent(cfg.run.eval_temperature)
         runner = EpisodeRunner(cfg.env.id, agent, self.engine, env_kwargs=cfg.env.kwargs,
                                max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None,
-                               schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic)
+                               schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic,
+                               pool=cfg.rollout.env_pool, workers=cfg.rollout.env_workers or None)
         t0 = time.perf_counter()
         trajs = runner.run(specs).trajectories
         rec = eval_record(trajs, split=split, seconds=time.perf_counter() - t0)
