@@ -198,6 +198,11 @@ def run(backends: list[str], workers: list[int], steps: int, latency: float, cpu
     from turngym.agents.pool import make_pool
 
     plans = oracle_plans(ENV_ID, range(seed, seed + 64))
+    if "ray" in backends:  # one local Ray for every Ray pool (a pool that starts Ray stops it when it closes)
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     rows = []
     # the plain env (pool overhead dominates), a CPU-bound step (on the env's host), an I/O-bound step
     for kind, lat, burn in (("plain", 0.0, 0.0), ("cpu-bound", 0.0, cpu_s), ("io-bound", latency, 0.0)):

@@ -98,7 +98,7 @@ def check_env_id(env_id: str) -> str:
     raise UnknownEnvError(f"unknown env {env_id!r}{hint} (list them with `turngym envs`)")
 
 
-def make(env_id: str, **kwargs: Any) -> Any:
+def make(env_id: str, /, **kwargs: Any) -> Any:
     """``gymnasium.make`` with turngym's error for unknown ids; a PettingZoo env id gives its AEC env."""
     env_id = check_env_id(env_id)
     entry = registry().get(env_id)
