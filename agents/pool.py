@@ -397,8 +397,27 @@ class RayEnvPool:
         for actor in self.actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)
+        self._wait_dead(timeout_s=30.0)
         if self._owns_ray:
             ray.shutdown()
+
+    def _wait_dead(self, timeout_s: float) -> None:
+        """``ray.kill`` only asks: a call already on its way can still run. Close returns once every actor
+        answers calls with ``RayActorError`` (or after ``timeout_s``), so nothing of the pool runs after it."""
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        deadline = time.monotonic() + timeout_s
+        for actor in self.actors:
+            while time.monotonic() < deadline:
+                try:
+                    self._ray.get(actor.pid.remote(), timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+                except RayActorError:
+                    break
+                except GetTimeoutError:  # busy or still dying: ask again
+                    continue
+                except Exception:  # noqa: BLE001 - any other failure to reach it: nothing more to wait for
+                    break
+                time.sleep(0.1)
 
 
 def make_pool(kind: str | EnvPool, env_fn: EnvFn, size: int, workers: int | None = None) -> EnvPool:
