@@ -169,11 +169,35 @@ def _leftovers() -> tuple[set[int], list[str], set[int]]:
 
 def _assert_nothing_left(before: tuple, wait_s: float = 20.0) -> None:
     """Nothing of ``_leftovers()`` stays beyond ``before``. Chromium's helper processes exit on their own a moment
-    after the browser closed (CI saw one still exiting on a loaded machine), so a leftover gets ``wait_s`` to go."""
+    after the browser closed (CI saw one still exiting on a loaded machine), so a leftover gets ``wait_s`` to go.
+    A process started meanwhile by a browser that was already running (the module's ``envs`` fixture: Chromium
+    starts utility services when it likes) belongs to that browser, not to the code under test."""
+    expected = (set(), before[1], before[2])
     deadline = time.monotonic() + wait_s
-    while (now := _leftovers()) != before and time.monotonic() < deadline:
+    while (now := _new_since(before)) != expected and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert now == before
+    extra = []
+    for pid in sorted(now[0]):
+        try:
+            proc = psutil.Process(pid)
+            extra.append(f"{pid} {proc.name()} {' '.join(proc.cmdline())[:160]} (parent {proc.ppid()})")
+        except psutil.Error:
+            extra.append(f"{pid} (gone)")
+    assert now == expected, extra
+
+
+def _new_since(before: tuple) -> tuple[set[int], list[str], set[int]]:
+    """``_leftovers()``, its processes only the new ones whose parent chain reaches no process of ``before``."""
+    children, threads, ports = _leftovers()
+    mine = set()
+    for pid in children - before[0]:
+        try:
+            parents = {p.pid for p in psutil.Process(pid).parents()}
+        except psutil.Error:
+            continue
+        if not parents & before[0]:
+            mine.add(pid)
+    return mine, threads, ports
 
 
 def test_the_checker_passes_in_browser_mode(chromium):
