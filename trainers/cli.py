@@ -68,6 +68,9 @@ class Train:
         print(json.dumps({k: {kk: vv for kk, vv in v.items() if not kk.startswith("time")} for k, v in result.items()},
                          indent=2))
         print(f"run directory: {config.run.dir} (plot it: turngym plot {config.run.dir})")
+        from turngym.trainers.distributed import end_rank
+
+        end_rank(0)  # under torchrun: leave past gloo's exit-time aborts (returns in a single process)
         return 0
 
 

@@ -363,6 +363,7 @@ class RLTrainer:
                     bar.set_postfix(success=f"{record['success_rate']:.2f}", reward=f"{record['reward_mean']:.2f}")
             if cfg.run.eval_tasks > 0 and evaluated_at != self.iteration_done:
                 last["eval"] = self.evaluate()
+            self.dist.barrier()  # every rank done before any tears the process group down (at exit)
         finally:
             if bar is not None:
                 bar.close()

@@ -24,3 +24,7 @@ cfg = load_config(RLConfig, None, [
 trainer = RLTrainer(cfg, model=corridor.tiny_policy(tok, seed=0), tokenizer=tok)
 trainer.engine.eos_token_ids = frozenset()
 trainer.train()
+
+from turngym.trainers.distributed import end_rank  # noqa: E402
+
+end_rank(0)  # as `turngym train` ends a torchrun rank
