@@ -191,6 +191,7 @@ _PLUGINS: dict[str, tuple[str, str]] = {
     "sft": ("turngym.trainers.cli:SFT", "supervised warm start on oracle or recorded trajectories"),
     "eval": ("turngym.trainers.cli:Eval", "evaluate a training run's checkpoint as the trainer does"),
     "plot": ("turngym.trainers.cli:Plot", "draw a run's learning curves to PNG"),
+    "export": ("turngym.export", "convert trajectories to HF datasets, TRL SFT/DPO or verl parquet"),
 }
 
 
