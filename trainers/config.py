@@ -184,6 +184,14 @@ class RunConfig:
     keep_checkpoints: int = _f(2, "most recent checkpoints kept (older ones are deleted)")
     tensorboard: bool = _f(True, "also write TensorBoard events (if tensorboard is installed)")
     progress: bool = _f(True, "show a progress bar")
+    wandb: bool = _f(False, "also log every record and the config to Weights & Biases (turngym[tracking]); "
+                            "WANDB_MODE=offline keeps it in RUN_DIR/wandb")
+    wandb_project: str = _f("turngym", "W&B project of run.wandb")
+    mlflow: bool = _f(False, "also log every record and the config to MLflow (turngym[tracking]): to "
+                             "MLFLOW_TRACKING_URI if set, else a file store in RUN_DIR/mlruns")
+    mlflow_experiment: str = _f("turngym", "MLflow experiment of run.mlflow")
+    save_rollouts: bool = _f(True, "save each iteration's rollouts to RUN_DIR/rollouts/iter-N.parquet and each "
+                                   "evaluation's trajectories to RUN_DIR/eval/iter-N.parquet (docs/trajectories.md)")
     threads: int = _f(0, "torch intra-op threads (0: leave torch's default)")
     data_parallel: str = _f("ddp", "under torchrun (WORLD_SIZE > 1): 'ddp' (DistributedDataParallel, replicas, "
                             "bucketed all-reduce once per optimizer step) or 'fsdp2' (fully_shard: parameters, "

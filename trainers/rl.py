@@ -87,9 +87,13 @@ from turngym.trainers.runlog import (
     check_resume_config,
     load_newest,
     load_state,
+    open_trackers,
+    progress_bar,
     prune_checkpoints,
+    prune_trajectory_files,
     rng_state,
     save_checkpoint,
+    save_trajectory_file,
     set_rng_state,
 )
 from turngym.trainers.selfplay import is_multi_agent, selfplay_evaluate, selfplay_rollout
@@ -184,13 +188,21 @@ class RLTrainer:
         self.engine = engine if engine is not None else self._make_engine()
         # Multi-agent envs (Werewolf) prompt through their own runner's policy (agent.options go to it).
         self.agent = None if is_multi_agent(cfg.env.id) else self._make_agent(cfg.agent.temperature)
-        self.log = MetricsLog(self.run_dir, cfg.run.tensorboard) if self.dist.main else NullLog()
+        if cfg.run.save_rollouts:  # fail now, not after the first rollout
+            from turngym.errors import require
+
+            require("pyarrow", "parquet", "run.save_rollouts=true (rollouts saved as Parquet; "
+                    "run.save_rollouts=false turns it off)")
+        self.log = (MetricsLog(self.run_dir, cfg.run.tensorboard, open_trackers(self.run_dir, cfg.run, to_dict(cfg),
+                                                                               resume=resume))
+                    if self.dist.main else NullLog())
         from turngym.trainers.runlog import write_atomic
 
         if self.dist.main:
             write_atomic(self.run_dir / "config.yaml", dump_yaml(cfg))
             if resume:  # without a checkpoint the run starts afresh: none of the old records stay
                 kept = self.log.truncate_after(self.iteration_done if self.resumed_from is not None else -1)
+                prune_trajectory_files(self.run_dir, self.iteration_done if self.resumed_from is not None else -1)
                 if any(r.get("kind") == "eval" and r.get("iteration") == self.iteration_done for r in kept):
                     self._evaluated_at = self.iteration_done
         if resume and self.dist.world > 1:
@@ -404,6 +416,9 @@ class RLTrainer:
         t_start = time.perf_counter()
         trajs, stats = self.rollout(it)
         t_rollout = time.perf_counter() - t_start
+        if self.cfg.run.save_rollouts:  # as the runner made them: env errors in, no penalty applied
+            save_trajectory_file(self.run_dir, "rollouts", it, trajs,
+                                 rank=self.dist.rank if self.dist.world > 1 else None)
         errors = sum(t.error is not None for t in trajs)
         trajs = [t for t in trajs if t.error is None]
         if a.invalid_action_penalty:
@@ -567,19 +582,29 @@ class RLTrainer:
             t0 = time.perf_counter()
             lineup, seats, games = selfplay_evaluate(cfg, self.engine, n)
             rec = eval_record(seats, split=lineup, seconds=time.perf_counter() - t0)
+            if cfg.run.save_rollouts:
+                save_trajectory_file(self.run_dir, "eval", self.iteration_done, seats)
             record = {"kind": "eval", "iteration": self.iteration_done, **rec.to_dict(), "games": games}
             self.log.write(record)
             return record
         specs = plan_episodes(cfg.env.id, split=split, num_tasks=n, group_size=1, seed=derive_seed(cfg.run.seed, 99991),
                               env_kwargs=cfg.env.kwargs)
         agent = self._make_agent(cfg.run.eval_temperature)
+        bar = progress_bar(len(specs), f"eval {self.iteration_done}", cfg.run.progress, unit="ep")
         runner = EpisodeRunner(cfg.env.id, agent, self.engine, env_kwargs=cfg.env.kwargs,
                                max_concurrent=cfg.rollout.max_concurrent, max_steps=cfg.env.max_steps or None,
                                schedule=cfg.rollout.schedule, deterministic=cfg.rollout.deterministic,
-                               pool=cfg.rollout.env_pool, workers=cfg.rollout.env_workers or None)
+                               pool=cfg.rollout.env_pool, workers=cfg.rollout.env_workers or None,
+                               on_trajectory=(lambda _: bar.update(1)) if bar is not None else None)
         t0 = time.perf_counter()
-        trajs = runner.run(specs).trajectories
+        try:
+            trajs = runner.run(specs).trajectories
+        finally:
+            if bar is not None:
+                bar.close()
         rec = eval_record(trajs, split=split, seconds=time.perf_counter() - t0)
+        if cfg.run.save_rollouts:
+            save_trajectory_file(self.run_dir, "eval", self.iteration_done, trajs)
         record = {"kind": "eval", "iteration": self.iteration_done, **rec.to_dict()}
         self.log.write(record)
         return record

@@ -5,6 +5,10 @@ Layout of ``RUN_DIR``::
     config.yaml            the resolved config of the run
     metrics.jsonl          one JSON object per iteration (and per evaluation)
     tb/                    TensorBoard events (if tensorboard is installed)
+    wandb/, mlruns/        W&B (offline) and MLflow (file store) runs, with run.wandb / run.mlflow
+    trackers.json          the W&B and MLflow run ids, so a resumed run continues the same tracker runs
+    rollouts/iter-N.parquet  the trajectories of iteration N (run.save_rollouts; docs/trajectories.md)
+    eval/iter-N.parquet    the trajectories of the evaluation after iteration N (0: before training)
     checkpoint-N/          engine-loadable model folder + trainer_state.pt
     latest                 the name of the newest complete checkpoint
     curves.png             `turngym plot RUN_DIR`
@@ -17,7 +21,12 @@ leaves the previous or the new checkpoint, never half of one. Metric lines
 are appended whole and fsynced; a line torn by a kill is dropped when the
 log is read or reopened. Resuming cuts ``metrics.jsonl`` back to the
 checkpoint's iteration, so the resumed run's lines replace the lost ones
-instead of repeating them.
+instead of repeating them. Trajectory files are written whole (temp file +
+rename) and named by iteration; resuming removes those of iterations after
+the checkpoint (:func:`prune_trajectory_files`), and the rerun writes them
+again. W&B and MLflow are append-only: a resumed run continues the same
+tracker run and logs the rerun iterations again (each record carries its
+``iteration``; MLflow's step is the iteration).
 
 Safe loading. ``trainer_state.pt`` holds tensors and plain data only (numpy
 arrays become tagged tensors, see :func:`plain_state`) and is read with
@@ -36,8 +45,9 @@ import math
 import os
 import random
 import shutil
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,10 +71,12 @@ class ResumeRefused(TurngymError):
 
 
 class MetricsLog:
-    """Appends metric dicts to ``metrics.jsonl`` (each line written whole, flushed and fsynced) and to
-    TensorBoard. Opening it drops a torn last line (a record a killed run never finished writing)."""
+    """Appends metric dicts to ``metrics.jsonl`` (each line written whole, flushed and fsynced), to
+    TensorBoard and to the ``trackers`` (:func:`open_trackers`: W&B, MLflow), which it closes. Opening it
+    drops a torn last line (a record a killed run never finished writing)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, trackers: Sequence[Any] = ()):
+        self.trackers = list(trackers)
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._drop_torn_tail()
@@ -105,6 +117,8 @@ class MetricsLog:
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self.tb.add_scalar(prefix + key, value, step)
             self.tb.flush()
+        for tracker in self.trackers:
+            tracker.write(record)
 
     def truncate_after(self, iteration: int) -> list[dict[str, Any]]:
         """Keep only the records of iterations up to ``iteration`` (resume from a checkpoint; -1: none);
@@ -118,6 +132,9 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -159,6 +176,203 @@ def _plain(v: Any) -> Any:
 
 def write_atomic(path: Path, text: str) -> None:
     write_text_atomic(path, text)
+
+
+# ---- progress ----------------------------------------------------------------------------------------------
+
+
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "it") -> Any:
+    """A tqdm bar on stderr, or None: with ``enabled`` false (``run.progress=false``), when tqdm is missing,
+    and (tqdm's ``disable=None``) when stderr is not a terminal, so logs and CI stay clean."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit=unit, disable=None, dynamic_ncols=True, leave=False)
+
+
+# ---- W&B and MLflow -------------------------------------------------------------------------------------------
+
+TRACKERS_FILE = "trackers.json"
+
+
+def scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a record as TensorBoard and the trackers see them: ``train/KEY`` or ``eval/KEY``
+    (by the record's ``kind``), finite ints and floats only (no bools, strings or lists)."""
+    prefix = "eval/" if record.get("kind") == "eval" else "train/"
+    out = {}
+    for key, value in record.items():
+        value = _plain(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[prefix + key] = value
+    return out
+
+
+class WandbTracker:
+    """One W&B run in ``RUN_DIR/wandb`` (``WANDB_MODE=offline``: nothing leaves the machine). Each record's
+    scalars are logged against ``iteration`` (W&B's own step only counts calls, so rerun iterations after
+    a resume are kept, not dropped as out of order)."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], project: str, run_id: str | None = None):
+        from turngym.errors import require
+
+        wandb = require("wandb", "tracking", "run.wandb=true (logging to Weights & Biases)")
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=project, dir=str(run_dir), name=run_dir.name, config=config,
+                              id=run_id, resume="allow" if run_id else None,
+                              settings=wandb.Settings(console="off"))
+        self.run_id = self.run.id
+        self.run.define_metric("iteration")
+        for prefix in ("train/*", "eval/*"):
+            self.run.define_metric(prefix, step_metric="iteration")
+
+    def write(self, record: dict[str, Any]) -> None:
+        values = scalars(record)
+        if values:
+            self.run.log({**values, "iteration": int(record.get("iteration", 0))})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MLflowTracker:
+    """One MLflow run: to ``MLFLOW_TRACKING_URI`` when set, else a file store in ``RUN_DIR/mlruns``. The
+    config goes in once as params (dotted keys) and as the artifact ``config.json``; each record's scalars
+    are metrics whose step is the iteration."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], experiment: str, run_id: str | None = None):
+        from turngym.errors import require
+
+        require("mlflow", "tracking", "run.mlflow=true (logging to MLflow)")
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        run_dir = Path(run_dir)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run_dir / "mlruns").resolve().as_uri()
+        if uri.startswith("file:"):
+            # MLflow 3 refuses its file store unless asked for it; a folder in the run needs no server
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        if run_id is None:
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
+            flat = _flatten(config)
+            # MLflow caps a param's value at 6000 characters; config.json keeps the whole config
+            params = [Param(k, (v if isinstance(v, str) else json.dumps(v))[:6000]) for k, v in flat.items()]
+            for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(run_id, params=params[start:start + 100])
+            self.client.log_dict(run_id, config, "config.json")
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+
+    def write(self, record: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        values = scalars(record)
+        step, now = int(record.get("iteration", 0)), int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000])
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+def open_trackers(run_dir: Path, run_config: Any, config: dict[str, Any], resume: bool = False) -> list[Any]:
+    """The trackers ``run_config`` (a config's ``run`` section) turns on: :class:`WandbTracker` with
+    ``run.wandb``, :class:`MLflowTracker` with ``run.mlflow``; ``config`` (the whole config, nested) is
+    logged once. Their run ids are kept in ``RUN_DIR/trackers.json``; with ``resume`` the same runs go on.
+    A missing package is a :class:`~turngym.errors.MissingDependencyError` naming the extra."""
+    run_dir = Path(run_dir)
+    ids_path = run_dir / TRACKERS_FILE
+    ids: dict[str, str] = {}
+    if resume and ids_path.is_file():
+        try:
+            ids = json.loads(ids_path.read_text(encoding="utf-8"))
+        except ValueError:
+            warnings.warn(f"{str(ids_path)!r} is not JSON: the trackers start new runs", ResumeWarning, stacklevel=2)
+    trackers: list[Any] = []
+    try:
+        if getattr(run_config, "wandb", False):
+            trackers.append(WandbTracker(run_dir, config, run_config.wandb_project, ids.get("wandb")))
+            ids["wandb"] = trackers[-1].run_id
+        if getattr(run_config, "mlflow", False):
+            trackers.append(MLflowTracker(run_dir, config, run_config.mlflow_experiment, ids.get("mlflow")))
+            ids["mlflow"] = trackers[-1].run_id
+    except BaseException:
+        for tracker in trackers:
+            tracker.close()
+        raise
+    if trackers:
+        write_atomic(ids_path, json.dumps(ids, indent=2) + "\n")
+    return trackers
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value and prefix == "":
+            out.update(_flatten(value, f"{key}."))
+        else:
+            out[prefix + str(key)] = value
+    return out
+
+
+# ---- saved trajectories ------------------------------------------------------------------------------------
+
+#: the folders of RUN_DIR that hold trajectory files: the iterations' rollouts and the evaluations'
+TRAJECTORY_FOLDERS = ("rollouts", "eval")
+
+
+def trajectory_file(run_dir: Path, folder: str, iteration: int, rank: int | None = None) -> Path:
+    """``RUN_DIR/<folder>/iter-000003.parquet`` (``-rank1`` before the suffix for rank 1 of a data-parallel
+    run, whose ranks roll out different groups)."""
+    if folder not in TRAJECTORY_FOLDERS:
+        raise ValueError(f"trajectory folder {folder!r}: use one of {TRAJECTORY_FOLDERS}")
+    suffix = f"-rank{rank}" if rank is not None else ""
+    return Path(run_dir) / folder / f"iter-{iteration:06d}{suffix}.parquet"
+
+
+def save_trajectory_file(run_dir: Path, folder: str, iteration: int, trajectories: Sequence[Any],
+                         rank: int | None = None) -> Path:
+    """Write ``trajectories`` (as the runner made them, the fields ``turngym bench`` writes) to
+    :func:`trajectory_file` atomically (temp file + rename: a reader never sees half a file); an
+    existing file of the same iteration (a timeline a resume abandoned) is replaced."""
+    from turngym.agents.types import save_trajectories_parquet
+
+    return save_trajectories_parquet(trajectories, trajectory_file(run_dir, folder, iteration, rank))
+
+
+def trajectory_file_iteration(path: Path) -> int | None:
+    """N of ``iter-N[-rankR].parquet`` (None for other names)."""
+    name = Path(path).name
+    if not (name.startswith("iter-") and name.endswith(".parquet")):
+        return None
+    number = name[len("iter-"):-len(".parquet")].split("-rank")[0]
+    return int(number) if number.isdigit() else None
+
+
+def prune_trajectory_files(run_dir: Path, iteration: int) -> list[Path]:
+    """Remove the trajectory files of iterations after ``iteration`` (-1: all) and the temp files a kill
+    left; resuming from the checkpoint of ``iteration`` calls it, so the rerun's files are the only ones.
+    Returns the removed files."""
+    removed = []
+    for folder in TRAJECTORY_FOLDERS:
+        base = Path(run_dir) / folder
+        if not base.is_dir():
+            continue
+        for path in sorted(base.iterdir()):
+            n = trajectory_file_iteration(path)
+            if path.name.endswith(".tmp") or (n is not None and n > iteration):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 # ---- RNG ------------------------------------------------------------------------------------------------
