@@ -171,18 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="results/trl_compare")
     p.add_argument("--only", choices=["turngym", "trl"], default=None)
+    p.add_argument("--model", default="default",
+                   help="default (the embedded SmolLM2-135M-Instruct), a local HF folder, or a Hub id ORG/NAME[@REV]")
     args = p.parse_args(argv)
 
     import torch
     import transformers
 
-    from turngym.agents.engines.default_model import default_model_path
+    from turngym.agents.engines.default_model import resolve_model
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = default_model_path()
+    path = resolve_model(args.model)
     result: dict[str, Any] = {"model": str(path), "steps": args.steps, "threads": args.threads,
                               "torch": torch.__version__, "transformers": transformers.__version__,
                               "machine": platform.machine(), "processor": platform.processor()}

