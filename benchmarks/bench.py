@@ -34,9 +34,13 @@ turns and env errors come from :func:`turngym.agents.evaluation.eval_record`,
 the record the trainers' evaluations build too.
 
 Outputs (``--out DIR``, default ``results/bench-<time>``): ``summary.json``
-(configuration, versions, every row's statistics) and one JSONL file of
-trajectories per (env, agent, model). Ctrl-C stops the run; what finished is
-written and summarized (marked ``interrupted``).
+(configuration, versions, every row's statistics) and one file of
+trajectories per (env, agent, model): JSONL (``--format jsonl``, the default:
+one trajectory per line, each appended as its episode ends) or Parquet
+(``--format parquet``: one row per trajectory, written when the run stops;
+needs pyarrow, ``turngym[parquet]``); both hold the fields of
+docs/trajectories.md. Ctrl-C stops the run; what finished is written and
+summarized (marked ``interrupted``).
 
 This module is a ``turngym`` CLI plugin: ``add_arguments(parser)`` and
 ``run(args)``. It imports no torch at module level.
@@ -59,6 +63,9 @@ from typing import Any
 from turngym.agents.evaluation import eval_record, pass_at_k, pass_hat_k
 from turngym.files import write_text_atomic
 from turngym.keyvalue import parse_key_values
+
+#: the trajectory file formats of ``--format`` (docs/trajectories.md)
+TRAJECTORY_FORMATS = ("jsonl", "parquet")
 
 MODEL_OPTIONS = {
     "default": "the embedded SmolLM2-135M-Instruct on transformers (converted once, then offline)",
@@ -94,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rollouts of each task per seed; K > 1 adds pass@K and pass^K (default 1)")
     parser.add_argument("--split", default="test", help="task split (default test)")
     parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default results/bench-<time>)")
+    parser.add_argument("--format", default="jsonl", choices=TRAJECTORY_FORMATS,
+                        help="trajectory files: jsonl (default; one line per episode as it ends) or parquet "
+                             "(one row per episode, written when the run stops; needs turngym[parquet])")
     parser.add_argument("--context", default="window", choices=CONTEXT_MODES,
                         help="LLM agents' context mode (default window)")
     parser.add_argument("--window", type=int, default=4, help="turns kept in window mode (default 4)")
@@ -131,6 +141,15 @@ def run(args: argparse.Namespace) -> int:
         raise TurngymError("bench needs at least one --env (see `turngym bench --list`)")
     from turngym.benchmarks.werewolf_bench import is_werewolf_env
 
+    trajectory_format = getattr(args, "format", "jsonl")
+    if trajectory_format not in TRAJECTORY_FORMATS:
+        raise TurngymError(f"--format {trajectory_format!r}: use one of {', '.join(TRAJECTORY_FORMATS)}")
+    if trajectory_format == "parquet":  # before any model loads
+        from turngym.errors import require
+
+        if any(is_werewolf_env(e) for e in args.env):
+            raise TurngymError("the Werewolf bench writes JSONL only: drop --format parquet")
+        require("pyarrow", "parquet", "turngym bench --format parquet")
     if all(is_werewolf_env(e) for e in args.env):  # multi-agent: its own runner and statistics
         from turngym.benchmarks.werewolf_bench import run as run_werewolf
 
@@ -264,11 +283,17 @@ def _bench_one(env_id: str, agent: Any, engine: Any, model: str, args: argparse.
                            deterministic=not args.overlap_env,
                            keep_prompts=args.keep_prompts, model_name=getattr(engine, "name", model) if engine else "",
                            on_trajectory=bar.update_with, on_turn=bar.turn)
-    path = out / (f"{_slug(env_id)}__{agent.name}" + (f"__{_slug(model)}" if model != "-" else "") + ".jsonl")
+    parquet = getattr(args, "format", "jsonl") == "parquet"
+    path = out / (f"{_slug(env_id)}__{agent.name}" + (f"__{_slug(model)}" if model != "-" else "")
+                  + (".parquet" if parquet else ".jsonl"))
     try:
-        result = runner.run(specs, out=path)
+        result = runner.run(specs, out=None if parquet else path)  # JSONL: appended as each episode ends
     finally:
         bar.close()
+    if parquet:  # the runner returns the finished episodes however it stopped (Ctrl-C included)
+        from turngym.agents.types import save_trajectories_parquet
+
+        save_trajectories_parquet(result.trajectories, path)
     row = summarize(result.trajectories, result.stats.to_dict(), seeds=seeds, runs_per_task=args.runs_per_task)
     row.update(env=env_id, agent=agent.name, model=getattr(engine, "name", model) if engine else "-",
                context=getattr(agent, "context_mode", "-") if agent.uses_engine else "-",
