@@ -51,7 +51,8 @@ describe hidden state) and ``Trajectory.meta`` are never exported.
 Conversations: when a step recorded its chat prompt (``keep_prompts``), the
 last act step's prompt plus its reply is the conversation, exactly as the
 agent sent it; otherwise the plain-chat rendering of
-:class:`turngym.agents.chat.ChatAgent` (user: observation, assistant: reply).
+:class:`turngym.agents.chat.ChatAgent` (user: observation, assistant: reply;
+a direct agent's step, which has no reply, says its action).
 
 This module is a ``turngym`` CLI plugin (``add_arguments``/``run``) and
 imports only ``turngym.agents.types`` and the leaves; ``datasets`` and
@@ -128,6 +129,11 @@ def _reply(step: Step) -> str:
     return str(step.info.get("response_prefix", "") or "") + (step.response or "")
 
 
+def _said(step: Step) -> str:
+    """The agent's message of a step: its reply, or its action for a direct agent (oracle, random) that has none."""
+    return _reply(step) if step.response else step.action
+
+
 def _is_act(step: Step) -> bool:
     return step.info.get("kind", "act") == "act"
 
@@ -146,11 +152,11 @@ def conversation(traj: Trajectory) -> list[dict[str, str]]:
         return []
     recorded = _as_messages(steps[-1].prompt)
     if recorded is not None and steps[-1].context_mode == "full":
-        return recorded + [{"role": "assistant", "content": _reply(steps[-1])}]
+        return recorded + [{"role": "assistant", "content": _said(steps[-1])}]
     messages = []
     for step in steps:
         messages.append({"role": "user", "content": step.observation})
-        messages.append({"role": "assistant", "content": _reply(step)})
+        messages.append({"role": "assistant", "content": _said(step)})
     return messages
 
 
@@ -306,7 +312,13 @@ def export(sources: list[str | os.PathLike] | str | os.PathLike, to: str, out: s
             manifest["files"] = sorted(f"{s}.parquet" for s in tables)
         else:
             datasets = require("datasets", "export", f"turngym export --to {to}")
-            datasets.Dataset.from_list(tables[""]).save_to_disk(str(tmp))
+            bars = datasets.is_progress_bar_enabled()
+            datasets.disable_progress_bars()  # one small write: the summary line says enough
+            try:
+                datasets.Dataset.from_list(tables[""]).save_to_disk(str(tmp))
+            finally:
+                if bars:
+                    datasets.enable_progress_bars()
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 

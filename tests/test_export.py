@@ -189,3 +189,19 @@ def test_errors_name_the_input_and_the_fix(tmp_path, trajectories, capsys):
     assert not (tmp_path / "o4").exists()
     assert main(["export", str(lost), "--to", "trl-dpo", "--out", str(tmp_path / "o5")]) == 2
     assert "no task has two episodes with different outcomes" in capsys.readouterr().err
+
+
+def test_bench_folder_of_direct_agents(tmp_path, monkeypatch, capsys):
+    """The README's flow: `turngym bench` with the oracle and random agents, then export its folder."""
+    from turngym.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--env", "turngym/BlocksWorld-v0", "--agent", "oracle", "--agent", "random",
+                 "--episodes", "3", "--out", "results/bb"]) == 0
+    assert main(["export", "results/bb", "--to", "trl-dpo", "--out", "exports/bb-dpo"]) == 0
+    assert "3 trl-dpo rows from 6 episodes (2 files)" in capsys.readouterr().out
+    pairs = datasets.load_from_disk("exports/bb-dpo")
+    for pair in pairs:  # the oracle's plan beats the random walk; a direct agent's message is its action
+        assert pair["chosen_won"] and not pair["rejected_won"]
+        assert pair["prompt"][0]["content"].startswith("Blocks World.")
+        assert pair["chosen"][0]["role"] == "assistant" and pair["chosen"][0]["content"]
