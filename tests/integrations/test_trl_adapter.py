@@ -48,19 +48,23 @@ def _replay(env_id: str, traj) -> float:
     return total
 
 
-def test_grpo_trainer_steps_on_a_turngym_env(corridor, tmp_path, monkeypatch):
+@pytest.mark.parametrize("tasks", ["task_ids", "seeds"])
+def test_grpo_trainer_steps_on_a_turngym_env(corridor, tmp_path, monkeypatch, tasks):
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from turngym.integrations.trl import TurngymRollout, env_reward, task_dataset
+    from turngym.integrations.trl import TurngymRollout, env_reward, task_dataset, task_prompt
 
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental in trl 1.16: we know
     torch.set_num_threads(1)
     tok = corridor.word_tokenizer()
     model = corridor.tiny_policy(tok, seed=0)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    data = task_dataset(corridor.ENV_ID, split="train", num_tasks=4, seed=0)
-    assert json.loads(data[0]["prompt"]) == {"env_id": corridor.ENV_ID, "task_id": data[0]["task_id"]}
+    if tasks == "task_ids":
+        data = task_dataset(corridor.ENV_ID, split="train", num_tasks=4, seed=0)
+        assert json.loads(data[0]["prompt"]) == {"env_id": corridor.ENV_ID, "task_id": data[0]["task_id"]}
+    else:  # a reset seed names the task; each rollout of the group still gets its own episode seed
+        data = datasets.Dataset.from_dict({"prompt": [task_prompt(corridor.ENV_ID, seed=s) for s in range(4)]})
     # the chat agent: the observation is the user message, the one-word reply is the action
     rollout = TurngymRollout("chat", agent_options={"system_prompt": "go right"}, eos_token_ids=[], seed=0)
     optimizer_steps = []
