@@ -48,7 +48,8 @@ Tested against verl 0.9.1 (``verl.trainer.ppo.core_algos`` imports on CPU with `
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,13 @@ PREFIX = "turngym_"
 #: turngym estimators left out of verl's registry (see the module doc).
 NOT_REGISTERED = ("gae",)
 _STEP_FIELDS = (
-    "state_key", "observation", "progress", "info_gain", "gold_logprob", "num_tool_calls", "entropy",
+    "state_key",
+    "observation",
+    "progress",
+    "info_gain",
+    "gold_logprob",
+    "num_tool_calls",
+    "entropy",
     "action_valid",
 )
 _MADE: dict[tuple[str, tuple[tuple[str, Any], ...]], Callable[..., Any]] = {}

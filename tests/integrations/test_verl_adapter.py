@@ -11,8 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
 
-from turngym.credit import StepBatch, compute_advantages  # noqa: E402
-from turngym.integrations import verl as tg_verl  # noqa: E402
+from turngym.credit import StepBatch, compute_advantages
+from turngym.integrations import verl as tg_verl
 
 
 def _batch(rows: int = 8, length: int = 5, seed: int = 0):
@@ -54,8 +54,12 @@ def test_singleton_group_follows_turngym_default_unless_config_says_raw():
     fn = core_algos.get_adv_estimator_fn("turngym_grpo")
     adv, _ = fn(token_level_rewards=rewards, response_mask=mask, index=np.array(["solo"]), config=None)
     assert torch.all(adv == 0)  # turngym: a lone rollout has no baseline
-    adv, _ = fn(token_level_rewards=rewards, response_mask=mask, index=np.array(["solo"]),
-                config={"turngym": {"singleton": "raw"}})
+    adv, _ = fn(
+        token_level_rewards=rewards,
+        response_mask=mask,
+        index=np.array(["solo"]),
+        config={"turngym": {"singleton": "raw"}},
+    )
     theirs, _ = core_algos.compute_grpo_outcome_advantage(rewards.clone(), mask, np.array(["solo"]))
     torch.testing.assert_close(adv, theirs)  # verl's R / (1 + eps)
 
@@ -83,8 +87,13 @@ def test_gigpo_through_verl_equals_turngyms_direct_call():
     assert direct[0] != 0  # the shared first state s0 carries a step-level signal
 
     with_steps, _ = core_algos.get_adv_estimator_fn("turngym_gigpo")(
-        token_level_rewards=rewards, response_mask=mask, index=group, traj_index=traj, step_index=step,
-        state_key=state, config={"turngym": {"omega": 0.0}},
+        token_level_rewards=rewards,
+        response_mask=mask,
+        index=group,
+        traj_index=traj,
+        step_index=step,
+        state_key=state,
+        config={"turngym": {"omega": 0.0}},
     )
     episode_only = compute_advantages(
         "gigpo", StepBatch(group_id=group, traj_id=traj, step=step, reward=step_reward, state_key=state), omega=0.0
