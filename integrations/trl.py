@@ -5,7 +5,8 @@
 
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, args=GRPOConfig(...),
                           train_dataset=task_dataset("turngym/BlocksWorld-v0", split="train"),
-                          reward_funcs=env_reward, rollout_func=TurngymRollout(agent="react"))
+                          reward_funcs=env_reward,
+                          rollout_func=TurngymRollout("react", agent_options={"context": "full"}))
     trainer.train()
 
 Prompts are tasks: each ``prompt`` of the dataset is :func:`task_prompt`'s JSON
@@ -26,9 +27,9 @@ them out of the loss), ``logprobs`` (the engine's log-prob of each sampled id,
 0 elsewhere) and the extra fields ``env_reward`` (the episode's return),
 ``env_won`` and ``env_turns``, which TRL passes to reward functions:
 :func:`env_reward` returns ``env_reward``. An episode is one sequence, so the
-agent's context must grow by extension (``turngym.trainers.tokens``'
-``in_context`` mode: the ``chat`` agent, ReAct with its default full
-context); a windowed or summarized context raises ``PrefixBreakError``.
+agent's context must only grow (``turngym.trainers.tokens``' ``in_context``
+mode: the ``chat`` agent, ReAct with ``agent_options={"context": "full"}``);
+a window that slides or a summary raises an error that says so.
 An episode whose env failed gets a one-token masked completion and reward
 None (TRL scores it as unscorable: advantage 0).
 
@@ -190,7 +191,7 @@ class TurngymRollout:
     @staticmethod
     def to_trl(trajectories: list[Trajectory], tokenizer: Any = None) -> dict[str, list[Any]]:
         """Episodes -> TRL's rollout dict: one token sequence per episode (see the module docstring)."""
-        from turngym.trainers.tokens import build_samples
+        from turngym.trainers.tokens import PrefixBreakError, build_samples
 
         filler = next((i for i in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None))
                        if i is not None), 0)
@@ -201,7 +202,12 @@ class TurngymRollout:
                 prompt = list(traj.steps[0].prompt_ids or [filler]) if traj.steps else [filler]
                 completion, mask, logprobs, reward = [filler], [0], [0.0], None
             else:
-                (sample,) = build_samples([traj], mode="in_context", on_break="raise", tokenizer=tokenizer)
+                try:
+                    (sample,) = build_samples([traj], mode="in_context", on_break="raise", tokenizer=tokenizer)
+                except PrefixBreakError as exc:
+                    raise TurngymError(
+                        f"{exc}. TRL trains one token sequence per episode: use an agent whose context only grows "
+                        "(TurngymRollout('chat'), or agent_options={'context': 'full'} for react)") from exc
                 n = len(traj.steps[0].prompt_ids)
                 prompt, completion, mask = sample.input_ids[:n], sample.input_ids[n:], sample.loss_mask[n:]
                 logprobs = sample.old_logprobs[n:] if sample.old_logprobs is not None else [0.0] * len(completion)

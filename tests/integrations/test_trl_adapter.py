@@ -125,7 +125,7 @@ def test_one_sequence_per_episode_with_env_tokens_masked(corridor):
 
 
 def test_failed_episode_is_unscorable_and_bad_prompts_are_named(corridor):
-    from turngym.agents.types import Trajectory
+    from turngym.agents.types import Step, Trajectory
     from turngym.errors import TurngymError
     from turngym.integrations.trl import TurngymRollout, parse_task_prompt, task_prompt
 
@@ -133,6 +133,11 @@ def test_failed_episode_is_unscorable_and_bad_prompts_are_named(corridor):
         [Trajectory(env_id=corridor.ENV_ID, task_id="train/0", group_id="g", error="env crashed")],
         corridor.word_tokenizer())
     assert out["env_reward"] == [None] and out["env_mask"] == [[0]]  # TRL: NaN reward, advantage 0, no loss
+    slid = Trajectory(env_id=corridor.ENV_ID, task_id="train/0", group_id="g", steps=[
+        Step("a", prompt_ids=[1, 2], response_ids=[3], response_logprobs=[-1.0]),
+        Step("b", prompt_ids=[1, 9, 3], response_ids=[4], response_logprobs=[-1.0])])  # a window slid: no extension
+    with pytest.raises(TurngymError, match=r"step 1's prompt_ids do not extend.*agent_options=\{'context': 'full'\}"):
+        TurngymRollout.to_trl([slid])
     assert parse_task_prompt([{"role": "user", "content": task_prompt("x/Y-v0", seed=3)}]) == {"env_id": "x/Y-v0",
                                                                                              "seed": 3}
     with pytest.raises(TurngymError, match="does not name a turngym task.*task_prompt"):
