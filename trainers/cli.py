@@ -1,7 +1,10 @@
 """``turngym train``, ``sft``, ``eval`` and ``plot`` (command-line plugins of :mod:`turngym.cli`).
 
-    turngym train configs/grpo_blocksworld.yaml [KEY=VALUE ...] [--resume] [--help-config]
-    turngym sft configs/sft_blocksworld.yaml [KEY=VALUE ...]
+    turngym train RECIPE [KEY=VALUE ...] [--resume] [--help-config] [--print-config]
+    turngym sft RECIPE [KEY=VALUE ...] [--print-config]
+
+RECIPE is a YAML file (configs/grpo_blocksworld.yaml) or the name of a recipe shipped with turngym
+(grpo_blocksworld).
     turngym eval RUN_DIR [--checkpoint PATH] [--split test] [--tasks 100] [KEY=VALUE ...] [--out eval.json]
     turngym plot RUN_DIR [--out curves.png]
 
@@ -16,10 +19,15 @@ import json
 
 
 def _config_args(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("recipe", nargs="?", help=f"YAML recipe (see configs/); omit to use the {what} defaults")
+    parser.add_argument("recipe", nargs="?", help="YAML recipe: a file or the name of one shipped with turngym "
+                        f"(e.g. gigpo_blocksworld, see configs/); omit to use the {what} defaults")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides with YAML values, e.g. algo.clip_high=0.28 rollout.group_size=8")
+                        help="dotted overrides typed by their key, e.g. algo.clip_high=0.28 agent.options.window=2 "
+                             "'run.dir=runs/${env.id}'; +KEY=VALUE adds a key to a free mapping (agent.options, "
+                             "env.kwargs, ...)")
     parser.add_argument("--help-config", action="store_true", help="print every config key with its help and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (recipe, overrides, interpolations) as YAML and exit")
 
 
 def _split(recipe: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
@@ -49,13 +57,16 @@ class Train:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from turngym.trainers.config import RLConfig, describe, load_config
+        from turngym.trainers.config import RLConfig, describe, dump_yaml, load_config
 
         if args.help_config:
             print(describe(RLConfig))
             return 0
         recipe, overrides = _split(args.recipe, args.overrides)
         config = load_config(RLConfig, recipe, overrides)
+        if args.print_config:
+            print(dump_yaml(config), end="")
+            return 0
         if args.dry_run:
             from turngym.trainers.dryrun import dry_run, render
 
@@ -83,13 +94,16 @@ class SFT:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from turngym.trainers.config import SFTConfig, describe, load_config
+        from turngym.trainers.config import SFTConfig, describe, dump_yaml, load_config
 
         if args.help_config:
             print(describe(SFTConfig))
             return 0
         recipe, overrides = _split(args.recipe, args.overrides)
         config = load_config(SFTConfig, recipe, overrides)
+        if args.print_config:
+            print(dump_yaml(config), end="")
+            return 0
         from turngym.trainers.sft import SFTTrainer
 
         result = SFTTrainer(config).train()

@@ -6,24 +6,34 @@ A recipe is a YAML file whose sections mirror :class:`RLConfig` (``model``,
     model: {path: default, lora: true}
     env: {id: turngym/BlocksWorld-v0, split: train}
     algo: {estimator: gigpo}
+    run:
+      dir: runs/${algo.estimator}-${env.split}
 
-Command-line overrides use dotted keys and YAML values
-(``algo.clip_high=0.28 rollout.group_size=8 agent.options={window: 2}``).
+given as a file or by the name of one shipped in ``turngym/configs`` (``turngym train gigpo_blocksworld``).
+Command-line overrides use dotted keys and values typed by their field: a ``str`` field keeps the text
+(``model.path=007``, ``run.dir=2026-01-05``), other fields read YAML (``algo.clip_high=0.28``,
+``agent.options={window: 2}``). Inside a free mapping (``agent.options``, ``env.kwargs``,
+``rollout.engine_kwargs``, ``algo.estimator_kwargs``) a dotted key sets one entry
+(``agent.options.window=2``) and ``+KEY=VALUE`` adds one (Hydra's spelling). ``${section.key}``
+interpolations (OmegaConf's, ``${oc.env:VAR}`` too) work in recipes and overrides and are resolved
+against the whole config, defaults included (OmegaConf's structured config of these dataclasses).
 Unknown keys anywhere are rejected with the closest known key named, and
-every field's help text is printed by ``turngym train --help-config``.
+every field's help text is printed by ``turngym train --help-config``;
+``--print-config`` prints the resolved config.
 :func:`load_config` then checks the values (:func:`validate_config`): every
 key with a fixed set of choices, the env id, the agent and its options, the
 credit estimator and its hyper-parameters, so a typo fails before any model
 is loaded, naming the key, the bad value and the closest valid one.
 
-The dataclasses depend on nothing but the standard library (and PyYAML to read
-files); :func:`validate_config` imports the layers whose names it checks
-(``turngym.envs``, ``turngym.agents``, ``turngym.credit``, ``turngym.kernels``).
+The dataclasses depend on nothing but the standard library; loading reads YAML with PyYAML and
+resolves with OmegaConf (both core dependencies); :func:`validate_config` imports the layers whose
+names it checks (``turngym.envs``, ``turngym.agents``, ``turngym.credit``, ``turngym.kernels``).
 """
 
 # ruff: noqa: RUF009  (_f() returns dataclasses.field(); list/dict defaults get a default_factory)
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -36,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from turngym.errors import TurngymError
-from turngym.keyvalue import parse_value
+from turngym.keyvalue import YamlLoader, parse_as, parse_value
 
 
 class ConfigError(TurngymError, ValueError):
@@ -233,7 +243,11 @@ class SFTConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(dir="runs/sft", iterations=0))
 
 
-# ---- building, validating, printing ---------------------------------------------------------------------
+# ---- building: recipe and overrides -> typed mapping -> OmegaConf (defaults, ${...}) -> dataclasses -------
+#
+# Our own walk over the dataclasses types every value by its field (a str field keeps `007` as typed) and
+# names unknown keys with the closest known one; OmegaConf, on the structured config of the same dataclasses,
+# adds the defaults and resolves interpolations; the resolved mapping is typed once more and built.
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -250,11 +264,30 @@ def _closest(key: str, known: list[str], where: str) -> str:
     return f"unknown config key {where + key!r}{hint}"
 
 
+def free_mappings(cls: type, prefix: str = "") -> list[str]:
+    """The dotted keys of ``cls`` whose value is a free mapping (``agent.options``, ``env.kwargs``, ...): the
+    only places where an override may add a key the dataclasses do not declare."""
+    out = []
+    for name in _fields(cls):
+        typ = _field_type(cls, name)
+        if dataclasses.is_dataclass(typ):
+            out += free_mappings(typ, f"{prefix}{name}.")
+        elif typ is dict:
+            out.append(prefix + name)
+    return out
+
+
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"config section {where!r} must be a mapping, got {value!r}")
-        return build(typ, value, prefix=where + ".")
+        return _typed(typ, value, prefix=where + ".")
+    if _is_interpolation(value):  # typed once OmegaConf has resolved it
+        return value
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -291,16 +324,63 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
-def build(cls: type, data: dict[str, Any] | None = None, *, prefix: str = "") -> Any:
-    """An instance of the config dataclass ``cls`` from a (nested) mapping; unknown keys raise :class:`ConfigError`."""
-    data = dict(data or {})
+def _typed(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``data`` with every value of the type its field declares (sections as mappings, interpolations kept);
+    an unknown key raises :class:`ConfigError` naming the closest known one."""
     known = _fields(cls)
-    kwargs = {}
+    out = {}
     for key, value in data.items():
         if key not in known:
             raise ConfigError(_closest(str(key), list(known), prefix))
-        kwargs[key] = _coerce(value, _field_type(cls, key), prefix + key)
+        out[key] = _coerce(value, _field_type(cls, key), prefix + key)
+    return out
+
+
+def _construct(cls: type, typed: dict[str, Any]) -> Any:
+    kwargs = {}
+    for key, value in typed.items():
+        sub = _field_type(cls, key)
+        kwargs[key] = _construct(sub, value) if dataclasses.is_dataclass(sub) else value
     return cls(**kwargs)
+
+
+def _omegaconf_error(exc: Exception, known: list[str]) -> ConfigError:
+    """An OmegaConf error as a :class:`ConfigError` naming the key and, for a missing target, the closest one."""
+    where = getattr(exc, "full_key", None)
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    missing = re.match(r"Interpolation key '([^']+)' not found", message)
+    if missing:
+        close = difflib.get_close_matches(missing.group(1), known, n=1, cutoff=0.5)
+        message += f"; did you mean '${{{close[0]}}}'?" if close else f" (known keys: {', '.join(known)})"
+    elif type(exc).__name__ == "GrammarParseError":
+        message += " (interpolations are ${section.key}, e.g. run.dir=runs/${env.id}; write \\${ for a literal ${)"
+    return ConfigError(f"config key {where!r}: {message}" if where else f"config: {message}")
+
+
+def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    out = []
+    for name in _fields(cls):
+        typ = _field_type(cls, name)
+        out += _dotted_keys(typ, f"{prefix}{name}.") if dataclasses.is_dataclass(typ) else [prefix + name]
+    return out
+
+
+def build(cls: type, data: dict[str, Any] | None = None) -> Any:
+    """An instance of the config dataclass ``cls`` from a (nested) mapping: unknown keys and values of the wrong
+    type raise :class:`ConfigError`; ``${section.key}`` interpolations (OmegaConf's, ``${oc.env:VAR}`` too) are
+    resolved against the whole config, defaults included."""
+    typed = _typed(cls, dict(data or {}))
+    try:
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+    except ImportError:  # a core dependency: only a broken install lacks it
+        raise ConfigError("turngym's configs need omegaconf: pip install 'omegaconf>=2.4,<3'") from None
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), typed)
+        resolved = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        raise _omegaconf_error(exc, _dotted_keys(cls)) from None
+    return _construct(cls, _typed(cls, resolved))
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -308,46 +388,149 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides to a recipe mapping (validated against ``cls``)."""
-    data = json.loads(json.dumps(data))
+    """Apply ``section.key=value`` overrides to a recipe mapping (validated against ``cls``).
+
+    A value is typed by its field (:func:`turngym.keyvalue.parse_as`: a ``str`` field keeps ``007`` and
+    ``2026-01-05`` as typed). Inside a free mapping (:func:`free_mappings`) a dotted key sets one entry
+    (``agent.options.window=2``) and ``+key=value`` adds one that must not be there yet (Hydra's spelling);
+    ``++key=value`` sets it either way. A mapping value (``agent.options={window: 2}``) replaces the whole
+    mapping.
+    """
+    data = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. algo.clip_high=0.28)")
-        parts = key.strip().split(".")
-        node, typ, where = data, cls, ""
+        key = key.strip()
+        plus = len(key) - len(key.lstrip("+"))
+        path = key[plus:]
+        if not sep or not path or plus > 2:
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. algo.clip_high=0.28, "
+                              "+agent.options.window=2)")
+        add = plus == 1
+        parts = path.split(".")
+        node: Any = data
+        typ: Any = cls
+        default: Any = cls()
+        where = ""
         for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if typ is dict:  # inside a free mapping: any key
+                if last:
+                    if add and part in node:
+                        raise ConfigError(f"override {item!r}: {where + part!r} is already set (to {node[part]!r}); "
+                                          f"drop the '+' to change it: {path}={raw}")
+                    node[part] = parse_value(raw)
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    elif not isinstance(node[part], dict):
+                        raise ConfigError(f"config key {where + part!r} holds {node[part]!r}, not a mapping; "
+                                          f"cannot set {path!r}")
+                    node = node[part]
+                where += part + "."
+                continue
             known = _fields(typ)
             if part not in known:
-                raise ConfigError(_closest(part, list(known), where))
+                message = _closest(part, list(known), where)
+                if plus:
+                    message += f" ('+' adds keys only inside {', '.join(free_mappings(cls))})"
+                raise ConfigError(message)
             sub = _field_type(typ, part)
-            if depth == len(parts) - 1:
-                node[part] = parse_value(raw)
+            if last:
+                if add:
+                    raise ConfigError(f"override {item!r}: {path!r} is a key of the config already; set it without "
+                                      f"the '+': {path}={raw}")
+                node[part] = parse_as(raw, sub)
+            elif dataclasses.is_dataclass(sub):
+                if node.get(part) is None:
+                    node[part] = {}
+                elif not isinstance(node[part], dict):
+                    raise ConfigError(f"config section {where + part!r} must be a mapping, got {node[part]!r}")
+                node, typ, default = node[part], sub, getattr(default, part)
+            elif sub is dict:
+                if node.get(part) is None:
+                    node[part] = copy.deepcopy(getattr(default, part))
+                elif not isinstance(node[part], dict):
+                    raise ConfigError(f"config key {where + part!r} must be a mapping, got {node[part]!r}")
+                node, typ = node[part], dict
             else:
-                if not dataclasses.is_dataclass(sub):
-                    raise ConfigError(f"config key {where + part!r} is not a section; cannot set {key!r}")
-                node = node.setdefault(part, {})
-                typ = sub
+                raise ConfigError(f"config key {where + part!r} is not a section; cannot set {path!r}")
             where += part + "."
     return data
 
 
+# ---- recipes: YAML files, by path or by the name of one shipped in turngym/configs ----------------------
+
+
+def recipe_dir() -> Path:
+    """The recipes shipped with turngym: ``configs/`` inside the installed package."""
+    import turngym
+
+    return Path(turngym.__file__).resolve().parent / "configs"
+
+
+def recipes() -> list[str]:
+    """The names of the shipped recipes (``turngym train NAME``)."""
+    return sorted(p.stem for p in recipe_dir().glob("*.yaml"))
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A recipe file: ``recipe`` itself if it is a file, else the shipped recipe of that name
+    (``gigpo_blocksworld``, ``gigpo_blocksworld.yaml`` or, outside a checkout, ``configs/gigpo_blocksworld.yaml``)."""
+    p = Path(recipe)
+    if p.is_file():
+        return p
+    name = p.stem if p.suffix in (".yaml", ".yml") else p.name
+    shipped = recipe_dir() / f"{name}.yaml"
+    if shipped.is_file() and (len(p.parts) == 1 or p.parent.name == "configs"):
+        return shipped
+    known = recipes()
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"recipe {str(recipe)!r} does not exist: no such file and no recipe of that name shipped "
+                      f"with turngym{hint} (shipped: {', '.join(known)}; or pass only KEY=VALUE overrides)")
+
+
+def _from_node(loader: Any, node: Any, typ: Any) -> Any:
+    import yaml
+
+    if dataclasses.is_dataclass(typ) and isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+        known = _fields(typ)
+        out = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            sub = _field_type(typ, key) if isinstance(key, str) and key in known else None
+            out[key] = _from_node(loader, value_node, sub)  # an unknown key is named later, by _typed
+        return out
+    if typ is str and isinstance(node, yaml.ScalarNode):
+        return node.value  # the text as written: 007, 2026-01-05 and yes stay strings
+    return loader.construct_object(node, deep=True)
+
+
+def read_recipe(path: str | Path, cls: type) -> dict[str, Any]:
+    """A YAML recipe as a mapping, each ``str`` field's value the text as written (:class:`YamlLoader` else)."""
+    import yaml
+
+    p = Path(path)
+    loader = YamlLoader(p.read_text())
+    try:
+        node = loader.get_single_node()
+        data = {} if node is None else _from_node(loader, node, cls)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(p)!r} must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Read a YAML recipe (optional), apply overrides, validate: an instance of ``cls``."""
+    """Read a YAML recipe (optional: a file or a shipped recipe's name), apply overrides, resolve
+    interpolations, validate: an instance of ``cls``."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"recipe {str(p)!r} does not exist (recipes live in configs/; "
-                              "or pass only KEY=VALUE overrides)")
-        import yaml
-
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {str(p)!r} is not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"recipe {str(p)!r} must be a mapping of sections, got {type(data).__name__}")
+        data = read_recipe(resolve_recipe(path), cls)
     data = apply_overrides(data, list(overrides or []), cls)
     return validate_config(build(cls, data))
 
@@ -561,5 +744,6 @@ def describe(cls: type, prefix: str = "") -> str:
 __all__ = [
     "AgentConfig", "AlgoConfig", "ConfigError", "EnvConfig", "ModelConfig", "OptimConfig", "RLConfig",
     "RolloutConfig", "RunConfig", "SFTConfig", "SFTData", "apply_overrides", "build", "describe", "dump_yaml",
-    "load_config", "parse_value", "to_dict", "validate_config",
+    "free_mappings", "load_config", "parse_value", "read_recipe", "recipe_dir", "recipes", "resolve_recipe", "to_dict",
+    "validate_config",
 ]
