@@ -1,4 +1,4 @@
-"""``turngym export``: trajectories -> the formats other frameworks train on.
+"""Convert trajectories to the formats other frameworks train on: an HF dataset, TRL's SFT and DPO data, verl's parquet.
 
     turngym export RUN_OR_FILE --to {hf-dataset,trl-sft,trl-dpo,verl} --out DIR
 
@@ -329,7 +329,8 @@ def export(sources: list[str | os.PathLike] | str | os.PathLike, to: str, out: s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", metavar="RUN_OR_FILE",
                         help="a trajectory file (.jsonl, .parquet), a bench output folder or a training run folder")
-    parser.add_argument("--to", required=True, choices=FORMATS, help="output format (see `turngym export -h`)")
+    parser.add_argument("--to", required=True, choices=FORMATS, help="hf-dataset (one row per episode), trl-sft (messages), trl-dpo (prompt/chosen/rejected): "
+                        "datasets.save_to_disk folders; verl: DIR/<split>.parquet")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (written atomically)")
     parser.add_argument("--all", dest="include_all", action="store_true",
                         help="trl-sft: keep every episode, not only won ones")
