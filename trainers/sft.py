@@ -20,7 +20,11 @@ Both become :func:`~turngym.trainers.tokens.build_samples` samples (loss
 mask 1 on response ids only), and the loss is the token-mean negative
 log-likelihood through :func:`~turngym.trainers.logprobs.sequence_logprobs`.
 The result is a checkpoint folder that ``turngym bench --model`` and the RL
-recipes (``model.path=RUN_DIR/checkpoint-N``) load.
+recipes (``model.path=RUN_DIR/checkpoint-N``) load. The evaluations before and
+after training are logged as the RL trainer's (``metrics.jsonl``, TensorBoard,
+W&B / MLflow with ``run.wandb`` / ``run.mlflow``) and their trajectories saved
+to ``RUN_DIR/eval/iter-N.parquet`` (``run.save_rollouts``); a progress bar
+(``run.progress``, on a terminal) follows the optimizer steps and the evaluations.
 """
 
 from __future__ import annotations
@@ -34,8 +38,15 @@ import numpy as np
 from turngym.agents.runner import derive_seed, plan_episodes
 from turngym.agents.types import Completion, Step, Trajectory, load_trajectories
 from turngym.errors import TurngymError
-from turngym.trainers.config import SFTConfig, dump_yaml
-from turngym.trainers.runlog import MetricsLog, save_checkpoint, write_atomic
+from turngym.trainers.config import SFTConfig, dump_yaml, to_dict
+from turngym.trainers.runlog import (
+    MetricsLog,
+    open_trackers,
+    progress_bar,
+    save_checkpoint,
+    save_trajectory_file,
+    write_atomic,
+)
 
 
 def oracle_thought(action: str) -> str:
@@ -122,7 +133,12 @@ class SFTTrainer:
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.run_dir / "config.yaml", dump_yaml(cfg))
-        self.log = MetricsLog(self.run_dir, cfg.run.tensorboard)
+        if cfg.run.save_rollouts and cfg.run.eval_tasks:  # fail now, not after training
+            from turngym.errors import require
+
+            require("pyarrow", "parquet", "run.save_rollouts=true (evaluation trajectories saved as Parquet; "
+                    "run.save_rollouts=false turns it off)")
+        self.log = MetricsLog(self.run_dir, cfg.run.tensorboard, open_trackers(self.run_dir, cfg.run, to_dict(cfg)))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
     def data(self) -> list[Trajectory]:
@@ -156,6 +172,8 @@ class SFTTrainer:
         step = 0
         device = next(self.model.parameters()).device
         self.model.train()
+        batches = -(-len(samples) // cfg.data.batch_size)
+        bar = progress_bar(cfg.data.epochs * batches, "sft", cfg.run.progress, unit="step")
         for epoch in range(cfg.data.epochs):
             order = rng.permutation(len(samples))
             for start in range(0, len(order), cfg.data.batch_size):
@@ -179,6 +197,11 @@ class SFTTrainer:
                 self.log.write({"kind": "train", "iteration": step, "epoch": epoch, "nll": total,
                                 "confident_token_frac": correct / max(1, n_tok), "tokens": n_tok,
                                 "time_total": time.perf_counter() - t0})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, nll=f"{total:.3f}")
+        if bar is not None:
+            bar.close()
         opt.zero_grad(set_to_none=True)
         self.iteration_done = step
         ckpt = save_checkpoint(self.run_dir, step, self.model, self.tokenizer,
@@ -201,11 +224,19 @@ class SFTTrainer:
         cfg = self.cfg
         specs = plan_episodes(cfg.env.id, split=cfg.env.eval_split, num_tasks=cfg.run.eval_tasks, group_size=1,
                               seed=derive_seed(cfg.run.seed, 99991), env_kwargs=cfg.env.kwargs)
+        bar = progress_bar(len(specs), f"eval {iteration}", cfg.run.progress, unit="ep")
         runner = EpisodeRunner(cfg.env.id, self.agent_factory(cfg.run.eval_temperature), self.engine,
-                               env_kwargs=cfg.env.kwargs, max_steps=cfg.env.max_steps or None)
+                               env_kwargs=cfg.env.kwargs, max_steps=cfg.env.max_steps or None,
+                               on_trajectory=(lambda _: bar.update(1)) if bar is not None else None)
         t0 = time.perf_counter()
-        trajs = runner.run(specs).trajectories
+        try:
+            trajs = runner.run(specs).trajectories
+        finally:
+            if bar is not None:
+                bar.close()
         rec = eval_record(trajs, split=cfg.env.eval_split, seconds=time.perf_counter() - t0)
+        if cfg.run.save_rollouts:
+            save_trajectory_file(self.run_dir, "eval", iteration, trajs)
         record = {"kind": "eval", "iteration": iteration, **rec.to_dict()}
         self.log.write(record)
         return record

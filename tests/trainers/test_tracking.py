@@ -239,3 +239,47 @@ def test_a_missing_tracker_package_names_the_extra(corridor, word_tok, tmp_path,
     monkeypatch.setitem(sys.modules, "wandb", None)  # what an environment without wandb gives: ImportError
     with pytest.raises(MissingDependencyError, match=r"run.wandb=true.*pip install 'turngym\[tracking\]'"):
         _trainer(corridor, word_tok, tmp_path / "run", "run.wandb=true")
+
+
+# ---- SFT and progress bars ---------------------------------------------------------------------------------------
+
+
+def test_sft_saves_its_evaluations_and_logs_to_mlflow(tmp_path, tiny_tokenizer, make_tiny_model, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from turngym.agents.types import load_trajectories
+    from turngym.trainers.config import SFTConfig, load_config
+    from turngym.trainers.sft import SFTTrainer
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    torch.set_num_threads(1)
+    model = make_tiny_model(tiny_tokenizer, seed=1)
+    model.config.max_position_embeddings = 4096
+    cfg = load_config(SFTConfig, None, ["env.id=turngym/BlocksWorld-v0", "agent.options={num_exemplars: 0}",
+                                        "agent.max_tokens=4", "env.max_steps=2", "data.episodes=2", "data.epochs=2",
+                                        "data.batch_size=4", f"run.dir={tmp_path}", "run.eval_tasks=2",
+                                        "run.tensorboard=false", "run.progress=false", "run.mlflow=true"])
+    result = SFTTrainer(cfg, model=model, tokenizer=tiny_tokenizer).train()
+    steps = [r["iteration"] for r in _records(tmp_path, "train")]
+    assert steps and steps[-1] == int(result["checkpoint"].rsplit("-", 1)[1])
+    assert _files(tmp_path, "eval") == ["iter-000000.parquet", f"iter-{steps[-1]:06d}.parquet"]
+    for record in _records(tmp_path, "eval"):
+        trajs = load_trajectories(tmp_path / "eval" / f"iter-{record['iteration']:06d}.parquet")
+        assert len(trajs) == record["episodes"] == 2 and sum(t.won for t in trajs) == record["successes"]
+    run_id = json.loads((tmp_path / "trackers.json").read_text())["mlflow"]
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    nll = client.get_metric_history(run_id, "train/nll")
+    assert [m.step for m in nll] == steps
+    assert [m.value for m in nll] == pytest.approx([r["nll"] for r in _records(tmp_path, "train")])
+
+
+def test_progress_bars_follow_run_progress_and_the_terminal(capsys):
+    from turngym.trainers.runlog import progress_bar
+
+    assert progress_bar(3, "sft", enabled=False) is None  # run.progress=false
+    bar = progress_bar(3, "sft", enabled=True)  # pytest captures stderr: not a terminal, so the bar stays quiet
+    assert bar is not None and bar.disable
+    bar.update(3)
+    bar.close()
+    assert capsys.readouterr().err == ""
