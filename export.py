@@ -344,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
                       overwrite=args.overwrite)
     skipped = manifest["episodes_with_env_errors"]
     print(f"turngym export: {manifest['rows']} {args.to} rows from {manifest['episodes_read']} episodes "
-          f"({len(manifest['sources'])} files{f', {skipped} with env errors left out' if skipped else ''}) "
+          f"({len(manifest['sources'])} file{'s' if len(manifest['sources']) != 1 else ''}{f', {skipped} with env errors left out' if skipped else ''}) "
           f"-> {args.out}")
     return 0
 
