@@ -720,10 +720,21 @@ def validate_config(config: Any) -> Any:
     return config
 
 
+def _escape_interpolations(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, dict):
+        return {k: _escape_interpolations(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape_interpolations(v) for v in value]
+    return value
+
+
 def dump_yaml(config: Any) -> str:
+    """The config as a YAML recipe that loads back to it (a literal ``${`` written as ``\\${``)."""
     import yaml
 
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    return yaml.safe_dump(_escape_interpolations(to_dict(config)), sort_keys=False)
 
 
 def describe(cls: type, prefix: str = "") -> str:

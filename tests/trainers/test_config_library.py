@@ -59,9 +59,10 @@ def test_a_string_field_keeps_the_text_as_typed(tmp_path):
     assert (cfg.model.path, cfg.run.dir) == ("007", "2026-01-05")
     recipe = tmp_path / "typed.yaml"
     recipe.write_text("model: {path: 007}\nrun: {dir: 2026-01-05, seed: 3}\nagent: {options: {context: full}}\n")
-    cfg = load_config(RLConfig, recipe)
+    cfg = load_config(RLConfig, recipe, [r"agent.options.system_prompt=use \${x} as is"])  # \${: a literal ${
     assert (cfg.model.path, cfg.run.dir, cfg.run.seed) == ("007", "2026-01-05", 3)
-    # the config.yaml a run writes reads back the same (`turngym eval` and --resume read it)
+    assert cfg.agent.options["system_prompt"] == "use ${x} as is"
+    # the config.yaml a run writes reads back the same (`turngym eval` reads it)
     saved = tmp_path / "config.yaml"
     saved.write_text(dump_yaml(cfg))
     assert load_config(RLConfig, saved) == cfg
