@@ -29,11 +29,13 @@ Any other server gets a key only when the caller names it, ``api_key=...`` or
 ``api_key_env=NAME`` (the variable to read, e.g. ``--engine-kwarg api_key_env=MY_SERVER_KEY``),
 so a recipe or script that points ``openai:URL`` at someone's host cannot collect the key.
 
-Failures are retried ``max_retries`` times with exponential backoff (and the server's
-``Retry-After``) on connection errors, timeouts, 408/409/429 and 5xx; what remains is a
-:class:`turngym.errors.EngineError` that names the URL and the fix.
+Retries are the openai SDK's own (``OpenAI(max_retries=..., timeout=...)``): a request that
+fails to connect, times out, or gets 408/409/429/5xx is sent again up to ``max_retries`` times,
+with the SDK's exponential backoff (0.5 s doubling, at most 8 s, with jitter) or the server's
+``Retry-After``/``retry-after-ms``. A stream is retried until its response starts, not after.
+What remains is a :class:`turngym.errors.EngineError` that names the URL and the fix.
 
-Depends on ``turngym.agents`` and ``turngym.errors``; ``openai`` (the ``serve`` extra) is
+Depends on ``turngym.agents`` and ``turngym.errors``; ``openai`` (the ``openai`` extra) is
 imported when an engine is built.
 """
 
@@ -41,9 +43,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -75,17 +75,17 @@ class OpenAIEngine:
             ``$OPENAI_API_KEY`` is sent to ``https://api.openai.com`` only and every other
             server gets ``"EMPTY"`` (local servers take any key).
         mode: ``"chat"`` or ``"completions"``: how chat messages are sent (module docstring).
-        timeout: seconds per request.
-        max_retries: retries of a failed request (connection errors, timeouts, 408/409/429, 5xx).
+        timeout: seconds per request (each attempt), the SDK's ``timeout``.
+        max_retries: retries of a failed request (connection errors, timeouts, 408/409/429, 5xx),
+            done by the SDK (its ``max_retries``) with its backoff or the server's ``Retry-After``.
         max_concurrency: most requests in flight at once.
-        backoff: first retry delay in seconds, doubled each retry (capped at 30s, with jitter).
         extensions: send vLLM's token-id fields (default: yes unless the host is api.openai.com).
         extra_body: more fields for every request (e.g. ``{"top_k": 20}`` for vLLM).
         name: the name in reports (default ``openai:<model>``).
     """
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None, mode: str = "chat",
-                 timeout: float = 60.0, max_retries: int = 3, max_concurrency: int = 8, backoff: float = 0.5,
+                 timeout: float = 60.0, max_retries: int = 3, max_concurrency: int = 8,
                  extensions: bool | None = None, extra_body: dict[str, Any] | None = None,
                  name: str | None = None, api_key_env: str | None = None) -> None:
         if mode not in ("chat", "completions"):
@@ -97,18 +97,18 @@ class OpenAIEngine:
         if not base_url.startswith(("http://", "https://")):
             raise EngineError(f"OpenAI-compatible server URL {base_url!r} must start with http:// or https://, "
                               "e.g. http://127.0.0.1:8000/v1")
-        self._openai = require("openai", "serve", "the openai engine")
+        self._openai = require("openai", "openai", "the openai engine")
         self.base_url = base_url.rstrip("/")
         self.mode = mode
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
-        self.backoff = backoff
         host = urlsplit(self.base_url).hostname or ""
         self.extensions = (host != "api.openai.com") if extensions is None else extensions
         self.extra_body = dict(extra_body or {})
         key = api_key_for(self.base_url, api_key, api_key_env)
-        self.client = self._openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout, max_retries=0)
+        self.client = self._openai.OpenAI(base_url=self.base_url, api_key=key, timeout=timeout,
+                                          max_retries=max_retries)
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="turngym-openai")
         self._on_text_lock = threading.Lock()
         self.model = model or self._first_model()
@@ -254,35 +254,23 @@ class OpenAIEngine:
         return _make(text, ids if saw_ids else None, logprobs if saw_logprobs else None, finish, prompt_ids)
 
     def _call(self, endpoint: str, fn: Any) -> Any:
-        """``fn()`` with retries; every failure that remains becomes an EngineError."""
+        """``fn()`` (the SDK retries inside it); a failure that remains becomes an EngineError."""
         openai = self._openai
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
-                error: Exception = exc
-            except openai.APIStatusError as exc:
-                if exc.status_code not in (408, 409) and exc.status_code < 500:
-                    raise self._explain(endpoint, exc, attempt + 1) from exc
-                error = exc
-            except openai.APIError as exc:  # e.g. an error event inside a stream
-                raise self._explain(endpoint, exc, attempt + 1) from exc
-            if attempt >= self.max_retries:
-                raise self._explain(endpoint, error, attempt + 1) from error
-            time.sleep(self._delay(attempt, error))
-            attempt += 1
-
-    def _delay(self, attempt: int, error: Exception) -> float:
-        response = getattr(error, "response", None)
-        headers = getattr(response, "headers", None) or {}
         try:
-            retry_after = float(headers.get("retry-after", ""))
-            if 0 <= retry_after <= 60:
-                return retry_after
-        except ValueError:
-            pass
-        return min(30.0, self.backoff * 2 ** attempt) * (0.75 + 0.5 * random.random())
+            return fn()
+        except openai.APIError as exc:  # also an error event inside a stream
+            raise self._explain(endpoint, exc, self._attempts(exc)) from exc
+
+    def _attempts(self, exc: Exception) -> int:
+        """How many times the SDK sent the request that failed with ``exc``: 1 + max_retries for the
+        failures it retries (connection errors, timeouts, 408/409/429, 5xx), else 1."""
+        openai = self._openai
+        if isinstance(exc, openai.APIConnectionError):
+            return 1 + self.max_retries
+        status = getattr(exc, "status_code", None)
+        if isinstance(exc, openai.APIStatusError) and status is not None and (status in (408, 409, 429) or status >= 500):
+            return 1 + self.max_retries
+        return 1
 
     def _explain(self, endpoint: str, exc: Exception, attempts: int) -> EngineError:
         openai = self._openai

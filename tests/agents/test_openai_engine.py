@@ -1,6 +1,7 @@
 """OpenAIEngine against a real `turngym serve` (uvicorn on 127.0.0.1) over a scripted echo engine."""
 
 import socket
+import sys
 import threading
 import time
 
@@ -176,26 +177,52 @@ def flaky_app(fail_first: int, status: int = 503, headers: dict | None = None):
     return app
 
 
-@pytest.mark.parametrize("status, headers", [(503, None), (429, {"retry-after": "0"}), (500, None)])
+@pytest.mark.parametrize("status, headers", [(503, None), (429, {"retry-after-ms": "10"}), (500, None)])
 def test_retries_with_backoff_then_succeeds(status, headers):
     app = flaky_app(2, status, headers)
     with ServerThread(app) as srv:
-        engine = OpenAIEngine(srv.url, max_retries=3, backoff=0.01)
+        engine = OpenAIEngine(srv.url, max_retries=3)
+        assert engine.client.max_retries == 3  # the SDK retries, with its backoff or the server's delay
+        start = time.monotonic()
         out = engine.generate([[{"role": "user", "content": "x"}]], SamplingParams(max_tokens=50))
+        waited = time.monotonic() - start
     assert out[0].text == "echo:user:x. The end." and app.state.failures == 2
+    if headers:  # the server's retry-after-ms (10 ms) instead of the SDK's 0.5 s, 1 s backoff
+        assert waited < 0.75
+    else:
+        assert waited >= 0.5 * 0.75 + 1.0 * 0.75  # two backoffs, each at least 75% of 0.5 s doubling
 
 
 def test_gives_up_after_max_retries_with_a_clear_error():
-    with ServerThread(flaky_app(10)) as srv:
-        engine = OpenAIEngine(srv.url, max_retries=1, backoff=0.01)
+    app = flaky_app(10)
+    with ServerThread(app) as srv:
+        engine = OpenAIEngine(srv.url, max_retries=1)
         with pytest.raises(EngineError, match=r"HTTP 503 after 2 attempts: overloaded"):
             engine.generate(["x"], SamplingParams(max_tokens=5))
+    assert app.state.failures == 2  # one try and one retry, no more
+
+
+def test_a_rejected_request_is_not_retried():
+    app = flaky_app(10, status=400)
+    with ServerThread(app) as srv:
+        engine = OpenAIEngine(srv.url, max_retries=3)
+        with pytest.raises(EngineError, match=r"rejected the request \(HTTP 400\): overloaded"):
+            engine.generate(["x"], SamplingParams(max_tokens=5))
+    assert app.state.failures == 1
+
+
+def test_without_openai_the_error_names_the_openai_extra(monkeypatch):
+    from turngym.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "openai", None)  # what an environment without the package sees
+    with pytest.raises(MissingDependencyError, match=r"pip install 'turngym\[openai\]'"):
+        OpenAIEngine("http://127.0.0.1:9/v1", model="m")
 
 
 def test_unreachable_server_names_the_url_and_turngym_serve():
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(EngineError, match="turngym serve") as info:
-        OpenAIEngine(url, max_retries=1, backoff=0.01)
+        OpenAIEngine(url, max_retries=1)
     assert url in str(info.value) and "after 2 attempts" in str(info.value)
     assert not OpenAIEngine.__module__.startswith("openai")
     with pytest.raises(EngineError, match="http:// or https://"):
