@@ -55,6 +55,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,6 +212,7 @@ def _cached_conversion(gguf: Path, entry: Path, *, name: str, source: dict, prog
         t0 = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
         try:
+            _PROGRESS.enabled = progress
             _convert_gguf(gguf, tmp)
             st = gguf.stat()
             info = {
@@ -248,9 +250,13 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     require("accelerate", "hf", purpose)
     torch = require("torch", "hf", purpose)
     transformers = require("transformers", "hf", purpose)
+    stages = _stage_bar(gguf.name, ["tokenizer", "de-quantize", "rebuild", "save"])
+    next(stages)
     tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    next(stages)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, **_dtype_kwarg(transformers, torch.float32))
+    next(stages)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -266,8 +272,39 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         model.tie_weights()
     model.generation_config = loaded.generation_config
     del loaded
+    next(stages)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    next(stages, None)
+
+
+#: whether the conversion running in this thread shows its stage bar (``progress`` of the caller; the
+#: converter keeps its two-argument signature)
+_PROGRESS = threading.local()
+
+
+def _stage_bar(name: str, stages: list[str]) -> Iterator[None]:
+    """A tqdm bar over the conversion's stages (each ``next`` starts the following one; the last ends it),
+    on stderr when ``progress`` is on and stderr is a terminal; transformers adds its own bar over the
+    tensors while it de-quantizes."""
+    bar = None
+    if getattr(_PROGRESS, "enabled", True):
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(stages), desc=f"converting {name}", unit="stage", disable=None, leave=False)
+        except ImportError:
+            pass
+    try:
+        for stage in stages:
+            if bar is not None:
+                bar.set_postfix_str(stage)
+            yield
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _dtype_kwarg(transformers, dtype) -> dict:

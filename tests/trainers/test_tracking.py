@@ -9,8 +9,10 @@ file); MLflow writes its file store in RUN_DIR/mlruns and is read back with ``Ml
 
 from __future__ import annotations
 
+import io
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -274,7 +276,14 @@ def test_sft_saves_its_evaluations_and_logs_to_mlflow(tmp_path, tiny_tokenizer, 
     assert [m.value for m in nll] == pytest.approx([r["nll"] for r in _records(tmp_path, "train")])
 
 
-def test_progress_bars_follow_run_progress_and_the_terminal(capsys):
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal (tqdm shows bars only there)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_follow_run_progress_and_the_terminal(capsys, monkeypatch):
     from turngym.trainers.runlog import progress_bar
 
     assert progress_bar(3, "sft", enabled=False) is None  # run.progress=false
@@ -283,3 +292,27 @@ def test_progress_bars_follow_run_progress_and_the_terminal(capsys):
     bar.update(3)
     bar.close()
     assert capsys.readouterr().err == ""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    bar = progress_bar(3, "sft", enabled=True, unit="step")
+    bar.update(3)
+    bar.close()
+    assert "sft:" in terminal.getvalue() and "/3 [" in terminal.getvalue()
+
+
+def test_the_model_conversion_shows_its_stages_on_a_terminal(monkeypatch):
+    from turngym.agents.engines import default_model as dm
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(dm._PROGRESS, "enabled", True, raising=False)
+    seen = []
+    for _ in dm._stage_bar("tiny.Q4_0.gguf", ["tokenizer", "de-quantize", "rebuild", "save"]):
+        seen.append(terminal.getvalue())
+    out = terminal.getvalue()
+    assert "converting tiny.Q4_0.gguf:" in out and "/4 [" in out
+    assert all(stage in text for stage, text in zip(["tokenizer", "de-quantize", "rebuild", "save"], seen))
+    monkeypatch.setattr(dm._PROGRESS, "enabled", False)  # resolve_model(..., progress=False)
+    quiet = _Terminal()
+    monkeypatch.setattr(sys, "stderr", quiet)
+    assert len(list(dm._stage_bar("tiny.Q4_0.gguf", ["a", "b"]))) == 2 and quiet.getvalue() == ""
