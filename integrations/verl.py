@@ -38,6 +38,9 @@ Gap: verl 0.9.1's ``compute_advantage`` (``verl/trainer/ppo/ray_trainer.py``) pa
 estimator only ``token_level_rewards``, ``response_mask``, ``config`` and ``index``, so the step-level
 estimators need a call site that also passes the keys above from ``data.non_tensor_batch`` (as
 verl-agent's trainer does); the trajectory-level ones run from verl's trainer as they are.
+:func:`compute_advantage` is that call site for a ``DataProto``: it reads ``uid``, ``traj_uid``,
+``step_index``, verl-agent's ``anchor_obs`` (as ``observation``) and the StepBatch field names from
+``data.non_tensor_batch`` (or ``data.batch``) and writes ``advantages`` and ``returns``.
 
 ``gae`` is not registered: turngym's GAE works on per-step values, and verl's own token-level
 ``gae`` (with its critic's per-token values) is the one to use inside verl.
@@ -178,6 +181,48 @@ def register(names: list[str] | None = None, *, prefix: str = PREFIX, **hparams:
         core_algos.register_adv_est(verl_name)(fn)
         out[verl_name] = name
     return out
+
+
+#: ``data.non_tensor_batch`` key -> estimator argument, for :func:`compute_advantage` (verl-agent's names).
+DATA_KEYS = {"uid": "index", "traj_uid": "traj_index", "step_index": "step_index", "anchor_obs": "observation"}
+
+
+def compute_advantage(data: Any, estimator: str, config: Any = None, **hparams: Any) -> Any:
+    """verl's ``compute_advantage`` for a turngym estimator, passing the step-level keys verl's does not.
+
+    ``data`` is a verl ``DataProto`` with ``token_level_rewards`` and ``response_mask`` in ``data.batch``
+    and ``uid`` (group ids) in ``data.non_tensor_batch``; ``traj_uid``, ``step_index``, ``anchor_obs``
+    and the StepBatch fields the estimator reads are passed where present. ``estimator`` is a turngym
+    name (``"gigpo"``) or its verl name (``"turngym_gigpo"``). Sets ``data.batch["advantages"]`` and
+    ``data.batch["returns"]`` and returns ``data``.
+    """
+    name = estimator.removeprefix(PREFIX)
+    fn = make_adv_estimator(name, **hparams)
+    # .keys(): a TensorDict's `in` is not a key lookup in every tensordict release
+    tensor_keys = sorted(data.batch.keys())
+    missing = [f"data.batch[{k!r}]" for k in ("token_level_rewards", "response_mask") if k not in tensor_keys]
+    if "uid" not in data.non_tensor_batch:
+        missing.append("data.non_tensor_batch['uid'] (the group ids)")
+    if missing:
+        raise ValueError(
+            f"compute_advantage({estimator!r}) needs {', '.join(missing)}; the DataProto has batch keys "
+            f"{tensor_keys} and non-tensor keys {sorted(data.non_tensor_batch)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for source in (data.batch, data.non_tensor_batch):
+        for key in source.keys():  # noqa: SIM118
+            arg = DATA_KEYS.get(key, key if key in _STEP_FIELDS else None)
+            if arg is not None:
+                kwargs[arg] = source[key]
+    advantages, returns = fn(
+        token_level_rewards=data.batch["token_level_rewards"],
+        response_mask=data.batch["response_mask"],
+        config=config,
+        **kwargs,
+    )
+    data.batch["advantages"] = advantages
+    data.batch["returns"] = returns
+    return data
 
 
 REGISTERED = register()

@@ -114,3 +114,33 @@ def test_bad_inputs_name_what_is_missing():
         fn(token_level_rewards=rewards, response_mask=mask, index=np.arange(3))
     with pytest.raises(TypeError, match="did you mean 'omega'"):
         tg_verl.make_adv_estimator("gigpo", omgea=1.0)
+
+
+def test_compute_advantage_on_a_data_proto_passes_verl_agents_step_keys():
+    from verl import DataProto
+
+    traj = np.array(["x", "y", "x", "y"], dtype=object)
+    group = np.array(["t", "t", "t", "t"], dtype=object)
+    anchor_obs = np.array(["start", "start", "left", "right"], dtype=object)
+    step_reward = np.array([0.0, 0.0, 1.0, 0.0])
+    rewards = torch.zeros(4, 2)
+    rewards[:, -1] = torch.tensor(step_reward, dtype=torch.float32)
+    data = DataProto.from_dict(
+        tensors={"token_level_rewards": rewards, "response_mask": torch.ones(4, 2)},
+        non_tensors={"uid": group, "traj_uid": traj, "anchor_obs": anchor_obs},
+    )
+    out = tg_verl.compute_advantage(data, "turngym_gigpo", anchor="observation")
+    direct = compute_advantages(
+        "gigpo",
+        StepBatch(group_id=group, traj_id=traj, step=[0, 0, 1, 1], reward=step_reward, observation=anchor_obs),
+        anchor="observation",
+    )
+    assert out is data
+    torch.testing.assert_close(
+        data.batch["advantages"], torch.as_tensor(direct, dtype=torch.float32)[:, None].expand(4, 2)
+    )
+    assert torch.equal(data.batch["returns"], data.batch["advantages"])
+
+    no_groups = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": torch.ones(4, 2)})
+    with pytest.raises(ValueError, match=r"non_tensor_batch\['uid'\]"):
+        tg_verl.compute_advantage(no_groups, "grpo")
