@@ -417,8 +417,7 @@ class RLTrainer:
         trajs, stats = self.rollout(it)
         t_rollout = time.perf_counter() - t_start
         if self.cfg.run.save_rollouts:  # as the runner made them: env errors in, no penalty applied
-            save_trajectory_file(self.run_dir, "rollouts", it, trajs,
-                                 rank=self.dist.rank if self.dist.world > 1 else None)
+            save_trajectory_file(self.run_dir, "rollouts", it, trajs, rank=self.dist.rank or None)
         errors = sum(t.error is not None for t in trajs)
         trajs = [t for t in trajs if t.error is None]
         if a.invalid_action_penalty:

@@ -331,8 +331,8 @@ TRAJECTORY_FOLDERS = ("rollouts", "eval")
 
 
 def trajectory_file(run_dir: Path, folder: str, iteration: int, rank: int | None = None) -> Path:
-    """``RUN_DIR/<folder>/iter-000003.parquet`` (``-rank1`` before the suffix for rank 1 of a data-parallel
-    run, whose ranks roll out different groups)."""
+    """``RUN_DIR/<folder>/iter-000003.parquet``; ``rank`` R (a data-parallel run's rank R > 0, which rolls out
+    other groups than rank 0) adds ``-rankR`` before the suffix."""
     if folder not in TRAJECTORY_FOLDERS:
         raise ValueError(f"trajectory folder {folder!r}: use one of {TRAJECTORY_FOLDERS}")
     suffix = f"-rank{rank}" if rank is not None else ""

@@ -167,6 +167,11 @@ def _wandb_records(path: Path) -> list:
     return records
 
 
+def _wandb_history(path: Path) -> list[dict]:
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            for record in _wandb_records(path) if record.WhichOneof("record_type") == "history"]
+
+
 def test_wandb_offline_logs_every_record_and_the_config(corridor, word_tok, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -193,6 +198,22 @@ def test_wandb_offline_logs_every_record_and_the_config(corridor, word_tok, tmp_
     evals = [h for h in history if "eval/success_rate" in h]
     assert [h["iteration"] for h in evals] == [r["iteration"] for r in _records(run, "eval")] == [0, 2]
     assert config["run"]["dir"] == str(run) and config["env"]["id"] == corridor.ENV_ID
+
+
+def test_wandb_resume_continues_the_same_run(corridor, word_tok, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    overrides = ("run.iterations=2", "run.save_every=1", "run.eval_tasks=0", "run.wandb=true")
+    _trainer(corridor, word_tok, run, *overrides).train()
+    first = json.loads((run / "trackers.json").read_text())["wandb"]
+    _trainer(corridor, word_tok, run, *overrides[1:], "run.iterations=3", resume=True).train()
+    assert json.loads((run / "trackers.json").read_text())["wandb"] == first
+    logs = sorted((run / "wandb").glob(f"offline-run-*-{first}*/run-{first}.wandb"))
+    assert len(logs) == 2  # W&B keeps one offline folder per process; `wandb sync` merges them into one run
+    iterations = [h["iteration"] for log in logs for h in _wandb_history(log) if "train/success_rate" in h]
+    assert iterations == [1, 2, 3]
 
 
 # ---- MLflow -----------------------------------------------------------------------------------------------------
@@ -316,3 +337,27 @@ def test_the_model_conversion_shows_its_stages_on_a_terminal(monkeypatch):
     quiet = _Terminal()
     monkeypatch.setattr(sys, "stderr", quiet)
     assert len(list(dm._stage_bar("tiny.Q4_0.gguf", ["a", "b"]))) == 2 and quiet.getvalue() == ""
+
+
+def test_data_parallel_ranks_save_their_own_groups(tmp_path):
+    """Two torchrun ranks roll out different groups: rank 0 writes iter-N.parquet, rank 1 iter-N-rank1.parquet,
+    and together they hold the episodes one process plays."""
+    import subprocess
+
+    from turngym.agents.types import load_trajectories
+
+    worker = str(Path(__file__).parent / "dp_worker.py")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    for cmd in ([sys.executable, worker, str(tmp_path / "one")], [*torchrun, worker, str(tmp_path / "two")]):
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+    one = _files(tmp_path / "one", "rollouts")
+    assert one and all("-rank" not in name for name in one)
+    assert _files(tmp_path / "two", "rollouts") == sorted(one + [n.replace(".parquet", "-rank1.parquet") for n in one])
+    for name in one:
+        single = load_trajectories(tmp_path / "one" / "rollouts" / name)
+        rank0 = load_trajectories(tmp_path / "two" / "rollouts" / name)
+        rank1 = load_trajectories(tmp_path / "two" / "rollouts" / name.replace(".parquet", "-rank1.parquet"))
+        assert rank0 and rank1 and not {t.group_id for t in rank0} & {t.group_id for t in rank1}
+        assert sorted(t.group_id for t in rank0 + rank1) == sorted(t.group_id for t in single)
+    assert _files(tmp_path / "two", "eval") == _files(tmp_path / "one", "eval")  # rank 0 evaluates
