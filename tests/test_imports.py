@@ -29,6 +29,8 @@ ALLOWED = {
     "agents": {"envs", "kernels"},
     "trainers": {"envs", "agents", "credit", "kernels"},
     "benchmarks": {"envs", "agents", "credit", "kernels", "trainers"},
+    "export": {"agents"},
+    "integrations": {"envs", "agents", "credit", "kernels", "trainers"},
     "cli": {"envs", "agents", "credit", "kernels", "trainers", "benchmarks"},
     "testing": {"envs", "agents", "credit", "kernels", "trainers"},
     "__init__": {"envs"},

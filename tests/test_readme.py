@@ -71,7 +71,9 @@ def test_readme_turngym_command(command, tmp_path, monkeypatch):
         from turngym.trainers.config import RLConfig, SFTConfig, load_config
 
         recipe, overrides = _split(args.recipe, args.overrides)
-        load_config(RLConfig if args.command == "train" else SFTConfig, ROOT / recipe if recipe else None, overrides)
+        if recipe and (ROOT / recipe).is_file():
+            recipe = ROOT / recipe  # a path in the checkout; else a shipped recipe's name
+        load_config(RLConfig if args.command == "train" else SFTConfig, recipe, overrides)
     if command in RUN:
         monkeypatch.chdir(tmp_path)
         assert main(argv) == 0

@@ -153,6 +153,7 @@ class Eval:
         with tempfile.TemporaryDirectory(prefix="turngym-eval-") as scratch:
             config = load_config(RLConfig, run_dir / "config.yaml", [
                 f"model.path={checkpoint}", "model.lora=false", f"run.dir={scratch}", "run.tensorboard=false",
+                "run.wandb=false", "run.mlflow=false", "run.save_rollouts=false",
                 "run.progress=false", *args.overrides])
             trainer = RLTrainer(config)
             try:

@@ -1,6 +1,8 @@
 """turngym's estimators through verl's advantage-estimator registry, against the real verl package.
 
-Needs the `verl` extra (verl, with tensordict, codetiming and orjson for core_algos to import on CPU).
+Needs the `verl` extra, in its own venv (`make test-verl`: verl pins its own transformers). verl is imported
+in a fixture, not at collection, so the main venv's `make test` (which deselects these integration tests)
+does not fail collecting this file under TURNGYM_REQUIRE_EXTRAS=1.
 """
 
 from __future__ import annotations
@@ -8,11 +10,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+pytestmark = pytest.mark.integration  # `make test-verl`: verl has its own venv (its own transformers pin)
 
-from turngym.credit import StepBatch, compute_advantages
-from turngym.integrations import verl as tg_verl
+torch = pytest.importorskip("torch")
+
+from turngym.credit import StepBatch, compute_advantages  # noqa: E402
+
+core_algos = tg_verl = None  # set by _verl below
+
+
+@pytest.fixture(autouse=True)
+def _verl():
+    global core_algos, tg_verl
+    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos")
+    from turngym.integrations import verl
+
+    tg_verl = verl
 
 
 def _batch(rows: int = 8, length: int = 5, seed: int = 0):

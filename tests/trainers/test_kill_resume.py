@@ -84,8 +84,17 @@ def _assert_same_run(ref: Path, run: Path) -> None:
                                                         ("eval", 3), ("train", 4), ("train", 5), ("train", 6),
                                                         ("eval", 6)]
     assert a == b
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4", "checkpoint-6", "config.yaml", "latest",
-                                                     "metrics.jsonl"]  # no temporary file or folder left
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4", "checkpoint-6", "config.yaml", "eval", "latest",
+                                                     "metrics.jsonl", "rollouts"]  # no temporary file or folder left
+    from turngym.agents.types import load_trajectories
+
+    for folder, iterations in (("rollouts", range(1, 7)), ("eval", (0, 3, 6))):  # each once, as uninterrupted
+        names = [f"iter-{i:06d}.parquet" for i in iterations]
+        assert sorted(p.name for p in (run / folder).iterdir()) == names, folder
+        for name in names:
+            ta, tb = load_trajectories(ref / folder / name), load_trajectories(run / folder / name)
+            assert [(t.group_id, t.seed, [s.response_ids for s in t.steps], t.total_reward) for t in ta] == [
+                (t.group_id, t.seed, [s.response_ids for s in t.steps], t.total_reward) for t in tb], name
     for name in ("checkpoint-4", "checkpoint-6"):
         wa, wb = _weights(ref, name), _weights(run, name)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), name
