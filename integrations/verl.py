@@ -45,11 +45,11 @@ verl-agent's trainer does); the trajectory-level ones run from verl's trainer as
 ``gae`` is not registered: turngym's GAE works on per-step values, and verl's own token-level
 ``gae`` (with its critic's per-token values) is the one to use inside verl.
 
-Tested against verl 0.9.1 on CPU. verl 0.9.1 pins ``transformers<5.11``, so beside turngym's ``hf``
-extra it is installed with ``--no-deps``; ``verl.trainer.ppo.core_algos`` then imports with
-``tensordict``, ``codetiming`` and ``orjson`` added (and ray, omegaconf, dill, accelerate, which
-turngym's other extras bring). Its wheel also installs top-level ``tests`` and ``scripts`` packages
-into site-packages, which shadow a turngym checkout's folders of those names: the Makefile removes them.
+Tested against verl 0.9.1 on CPU (``make test-verl``), installed as a verl user installs it:
+``pip install -c constraints-cpu.txt -e ".[verl]"`` in its own venv, so verl's own pins hold
+(``transformers<5.11``, ``tensordict<=0.10``). Its wheel also installs top-level ``tests`` and ``scripts``
+packages into site-packages, which would shadow a turngym checkout's folders of those names: one more
+reason it stays out of the main venv and out of ``all``.
 Depends on torch, numpy, verl and turngym.credit.
 """
 
