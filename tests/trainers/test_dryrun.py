@@ -17,6 +17,7 @@ GPU_RECIPES = sorted(CONFIGS.glob("*_gpu.yaml"))
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.stem)
 def test_gpu_recipes_dry_run_on_two_nodes(recipe):
     cfg = load_config(RLConfig, str(recipe), [])
+    cfg.run.data_parallel = "ddp"  # the baseline: replicated (a recipe may ask for fsdp2 itself)
     ddp = dry_run(cfg, nodes=2, gpus_per_node=4)
     assert ddp["world"] == 8 and [r["node"] for r in ddp["ranks"]] == [0] * 4 + [1] * 4
     assert "not found here" in ddp["model_source"]  # /models/... is absent: the known-model table
