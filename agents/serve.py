@@ -479,7 +479,7 @@ class ServerThread(_ServerThread):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default",
                         help="default (embedded SmolLM2-135M-Instruct), a local HF folder or .gguf file, "
-                             "or any engine spec such as vllm:PATH")
+                             "a Hub id ORG/NAME[@REV] (from the HF cache), or any engine spec such as vllm:PATH")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--max-batch-size", type=int, default=32, help="most prompts per batched generate call")

@@ -70,6 +70,7 @@ TRAJECTORY_FORMATS = ("jsonl", "parquet")
 MODEL_OPTIONS = {
     "default": "the embedded SmolLM2-135M-Instruct on transformers (converted once, then offline)",
     "PATH or hf:PATH": "a local Hugging Face model folder or .gguf file on transformers (CPU or GPU)",
+    "ORG/NAME[@REV]": "a Hugging Face Hub model from the HF cache (fetched unless HF_HUB_OFFLINE=1)",
     "vllm:PATH|default": "the same models on vLLM (GPU)",
     "openai:URL[#MODEL]": "any OpenAI-compatible server, e.g. openai:http://127.0.0.1:8000/v1",
 }

@@ -65,7 +65,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 @dataclass
 class ModelConfig:
     path: str = _f("default", "model to train: 'default' (the embedded SmolLM2-135M-Instruct), a local HF folder, "
-                              "a GGUF file, or a checkpoint folder of a previous run (RUN_DIR/checkpoint-N)")
+                              "a Hub id ORG/NAME[@REV] (from the HF cache), a GGUF file, or a checkpoint folder of a previous run (RUN_DIR/checkpoint-N)")
     dtype: str = _f("float32", "parameter dtype: float32 or bfloat16 (CPU: float32)")
     device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda[:N]'")
     lora: bool = _f(False, "train LoRA adapters (peft) instead of all weights; the reference model is the base "
