@@ -94,3 +94,12 @@ def teacher_forced_logprobs(model: Any, prompt_ids: Sequence[int], completion_id
 
 
 __all__ = ["CHATML_TEMPLATE", "CHATML_TOOLS_TEMPLATE", "teacher_forced_logprobs", "tiny_bpe_tokenizer", "tiny_llama"]
+
+
+def without_timings(trajectory: Any) -> dict[str, Any]:
+    """A trajectory's dict without its wall-clock times: what a rerun or another file format must reproduce."""
+    d = trajectory.to_dict()
+    d.pop("timings")
+    for step in d["steps"]:
+        step.pop("gen_seconds"), step.pop("env_seconds")
+    return d

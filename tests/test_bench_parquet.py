@@ -28,14 +28,9 @@ def _bench(out, *extra):
 
 def _comparable(trajs):
     """In plan order (JSONL lines come in the order episodes end), without wall-clock times."""
-    out = []
-    for t in sorted(trajs, key=lambda t: t.meta["index"]):
-        d = t.to_dict()
-        d.pop("timings")
-        for s in d["steps"]:
-            s.pop("gen_seconds"), s.pop("env_seconds")
-        out.append(d)
-    return out
+    from turngym.testing import without_timings
+
+    return [without_timings(t) for t in sorted(trajs, key=lambda t: t.meta["index"])]
 
 
 def test_parquet_holds_what_jsonl_holds(tmp_path):

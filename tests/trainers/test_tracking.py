@@ -56,14 +56,9 @@ def _files(run_dir, folder):
 
 def _comparable(trajs):
     """The trajectories without wall-clock times (a rerun replays everything else)."""
-    out = []
-    for t in trajs:
-        d = t.to_dict()
-        d.pop("timings")
-        for s in d["steps"]:
-            s.pop("gen_seconds"), s.pop("env_seconds")
-        out.append(d)
-    return out
+    from turngym.testing import without_timings
+
+    return [without_timings(t) for t in trajs]
 
 
 # ---- rollouts and evaluations as Parquet -------------------------------------------------------------------
