@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from turngym.threads import configure
+
+    configure()  # OpenMP's settings, before any subcommand imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

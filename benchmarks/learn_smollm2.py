@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="recipe overrides KEY=VALUE")
     args = p.parse_args(argv)
 
+    from turngym.threads import configure
+
+    configure()  # OpenMP's settings, before torch loads
     import torch
 
     from turngym.trainers.config import RLConfig, SFTConfig, load_config

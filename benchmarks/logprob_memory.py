@@ -239,6 +239,9 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    from turngym.threads import configure
+
+    configure()  # OpenMP's settings, before torch loads
     if args.device is None:
         import torch
 

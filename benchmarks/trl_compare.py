@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -90,7 +91,8 @@ def _register_env() -> str:
     return ENV_ID
 
 
-def run_turngym(model_path: Path, steps: int, seed: int, out_dir: Path) -> list[dict[str, float]]:
+def run_turngym(model_path: Path, steps: int, seed: int, out_dir: Path,
+                overrides: list[str] = ()) -> list[dict[str, float]]:
     from turngym.trainers.config import RLConfig, load_config
     from turngym.trainers.rl import RLTrainer
 
@@ -101,17 +103,19 @@ def run_turngym(model_path: Path, steps: int, seed: int, out_dir: Path) -> list[
         "rollout.group_size=8", "rollout.max_concurrent=8", "algo.estimator=grpo", "algo.kl_coef=0.0",
         "algo.clip_high=0.2", "algo.loss_agg_mode=token-mean", "optim.lr=1e-6", "optim.max_grad_norm=1.0",
         f"optim.micro_batch_tokens={8 * 256}", f"run.iterations={steps}", "run.eval_tasks=0", "run.save_every=100000",
-        f"run.seed={seed}", f"run.dir={out_dir / 'turngym'}", "run.progress=false", "run.tensorboard=false"])
+        f"run.seed={seed}", f"run.dir={out_dir / 'turngym'}", "run.progress=false", "run.tensorboard=false",
+        *overrides])
     trainer = RLTrainer(cfg)
     rows = []
     for _ in range(steps):
         rec = trainer.iteration()
         rows.append({"seconds": rec["time_total"], "prompt_tokens": rec["prompt_tokens"],
-                     "completion_tokens": rec["generated_tokens"], "reward": rec["reward_mean"]})
+                     "completion_tokens": rec["generated_tokens"], "reward": rec["reward_mean"],
+                     "generate_s": rec["time_generate"], "update_s": rec["time_credit_update"]})
     return rows
 
 
-def run_trl(model_path: Path, steps: int, seed: int, out_dir: Path) -> list[dict[str, float]]:
+def run_trl(model_path: Path, steps: int, seed: int, out_dir: Path, bf16: bool = False) -> list[dict[str, float]]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -145,13 +149,21 @@ def run_trl(model_path: Path, steps: int, seed: int, out_dir: Path) -> list[dict
     config = GRPOConfig(
         output_dir=str(out_dir / "trl"), num_generations=8, per_device_train_batch_size=8, steps_per_generation=1,
         gradient_accumulation_steps=1, max_completion_length=64, temperature=1.0, top_p=1.0, top_k=0, beta=0.0,
-        learning_rate=1e-6, max_grad_norm=1.0, bf16=False, fp16=False, gradient_checkpointing=False, use_vllm=False,
+        learning_rate=1e-6, max_grad_norm=1.0, bf16=bf16, fp16=False, gradient_checkpointing=False, use_vllm=False,
         max_steps=steps, logging_steps=1, report_to=[], seed=seed, use_cpu=True, save_strategy="no",
         disable_tqdm=True)
     trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=reward, args=config, train_dataset=data,
                           callbacks=[Clock()])
     trainer.train()
     return [{"seconds": t, **c} for t, c in zip(times, counts)]
+
+
+def _load() -> list[float]:
+    """The machine's load averages: a busy second core slows 2-thread runs many times over."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -161,7 +173,9 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
     return {"steps": len(rows), "seconds_per_step": statistics.mean(secs),
             "tokens_per_s": sum(tokens) / sum(secs),
             "completion_tokens_per_step": statistics.mean(r["completion_tokens"] for r in rows),
-            "completion_tokens_per_s": sum(r["completion_tokens"] for r in rows) / sum(secs)}
+            "completion_tokens_per_s": sum(r["completion_tokens"] for r in rows) / sum(secs),
+            # turngym's split of the step (rollout's generate calls; credit + log-probs + update)
+            **{k: statistics.mean(r[k] for r in rows) for k in ("generate_s", "update_s") if k in rows[0]}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,8 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["turngym", "trl"], default=None)
     p.add_argument("--model", default="default",
                    help="default (the embedded SmolLM2-135M-Instruct), a local HF folder, or a Hub id ORG/NAME[@REV]")
+    p.add_argument("--bf16", action="store_true",
+                   help="a second, labelled comparison: bf16 autocast in both (turngym model.autocast=bfloat16, "
+                        "TRL bf16=True), fp32 weights; the held-equal comparison is float32 in both")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override of the turngym run (repeatable), e.g. optim.share_prefix=false; "
+                        "a result that is not the held-equal setting says so in its 'overrides'")
     args = p.parse_args(argv)
 
+    from turngym.threads import configure
+
+    configure()  # OpenMP's settings, before torch loads
     import torch
     import transformers
 
@@ -187,15 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_model(args.model)
     result: dict[str, Any] = {"model": str(path), "steps": args.steps, "threads": args.threads,
                               "torch": torch.__version__, "transformers": transformers.__version__,
-                              "machine": platform.machine(), "processor": platform.processor()}
+                              "machine": platform.machine(), "processor": platform.processor(),
+                              "precision": "bf16 autocast" if args.bf16 else "float32", "load_before": _load()}
+    overrides = (["model.autocast=bfloat16"] if args.bf16 else []) + args.set
     if args.only != "trl":
-        result["turngym"] = summarize(run_turngym(path, args.steps, args.seed, out))
+        result["turngym"] = summarize(run_turngym(path, args.steps, args.seed, out, overrides))
+        result["overrides"] = overrides
         print("turngym:", json.dumps(result["turngym"]), flush=True)
     if args.only != "turngym":
         import trl
 
         result["trl_version"] = trl.__version__
-        result["trl"] = summarize(run_trl(path, args.steps, args.seed, out))
+        result["trl"] = summarize(run_trl(path, args.steps, args.seed, out, bf16=args.bf16))
         print("trl:    ", json.dumps(result["trl"]), flush=True)
     if "turngym" in result and "trl" in result:
         result["ratio_tokens_per_s"] = result["turngym"]["tokens_per_s"] / result["trl"]["tokens_per_s"]
@@ -204,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("turngym", "trl"):
             r = result[name]
             print(f"{name:10s} {r['tokens_per_s']:8.1f} {r['seconds_per_step']:8.1f} {r['completion_tokens_per_step']:15.1f}")
-        print(f"ratio turngym/trl: {result['ratio_tokens_per_s']:.2f}x tokens/s, {result['ratio_step_time']:.2f}x step time")
+        print(f"ratio turngym/trl ({result['precision']}): {result['ratio_tokens_per_s']:.2f}x tokens/s, "
+              f"{result['ratio_step_time']:.2f}x step time")
+    result["load_after"] = _load()
+    print(f"load average (1, 5, 15 min): before {result['load_before']}, after {result['load_after']}")
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return 0
 
