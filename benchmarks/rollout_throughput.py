@@ -1,6 +1,6 @@
-"""Rollout throughput: batched vs sequential generation, env speed, P-ReAct vs ReAct.
+"""Rollout throughput: batched vs sequential generation, env speed, P-ReAct vs ReAct, engine vs raw vLLM.
 
-Four measurements, each printed as a table and written to ``--out`` (JSON):
+Five measurements, each printed as a table and written to ``--out`` (JSON):
 
 0. **decode** -- one decode step with ``--context`` cached tokens per row,
    at batch 1 and ``--batch``, with transformers' concatenating KV layer and
@@ -31,11 +31,22 @@ Four measurements, each printed as a table and written to ``--out`` (JSON):
    the same number of characters at a fixed token rate for both formats,
    action first or last), which isolates the runner's overlap of env time
    with generation.
+4. **vllm** (``--model vllm:default``, inside the vLLM venv) -- the runner on
+   the vLLM engine (lockstep, ``--batch`` live episodes) end to end against
+   raw ``vllm.LLM.generate`` replaying the very calls the runner made (same
+   prompt ids, same sampling and seeds), and the first-turn prompts alone
+   through ``engine.generate`` and raw: what the engine and the runner cost
+   on top of vLLM (1.0x = nothing).
+
+``--dtype`` sets the engine's dtype for every run of a part (the sequential
+baseline and the batched runs alike, so ratios compare like with like).
 
     python -m turngym.benchmarks.rollout_throughput                       # all three, embedded SmolLM2
     python -m turngym.benchmarks.rollout_throughput --parts batch --episodes 16 --batch 16
     python -m turngym.benchmarks.rollout_throughput --parts batch --prefix-cache compare --env turngym/BlocksWorld-v0
     python -m turngym.benchmarks.rollout_throughput --parts preact --latency 1.0
+    python -m turngym.benchmarks.rollout_throughput --parts batch --dtype bfloat16
+    .venv-vllm/bin/python -m turngym.benchmarks.rollout_throughput --parts vllm --model vllm:default --repeats 3
 
 This script may import every layer of turngym.
 """
@@ -276,6 +287,94 @@ def _engine_only(engine: Any, specs: list, args: argparse.Namespace) -> dict[str
             "decode_ratio": decode_one / decode_batch}
 
 
+# ---- 1c. the runner on the vLLM engine vs raw vLLM --------------------------------------------------
+
+
+def measure_vllm(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The runner (lockstep, ``--batch`` live episodes) on the vLLM engine vs raw ``vllm.LLM.generate`` on
+    the very requests the runner made: the same prompt ids, grouped in the same calls, with the same
+    sampling (max_tokens, temperature, top-p, stop strings, seed, log-probs). vLLM's prefix cache is
+    emptied before every timed run. Also the first-turn prompts alone: raw vs ``engine.generate``."""
+    llm = getattr(engine, "llm", None)
+    if llm is None:
+        raise SystemExit(f"--parts vllm needs the vLLM engine (--model vllm:default), not {engine.name}")
+    import vllm
+
+    specs = plan_episodes(args.env, split=args.split, num_tasks=args.episodes, seed=args.seed)
+    calls: list[tuple[list[Any], list[Any]]] = []
+    engine_generate = engine.generate
+
+    def recording(prompts, sampling, on_text=None):
+        calls.append((list(prompts), per_prompt_sampling(sampling, len(prompts))))
+        return engine_generate(prompts, sampling, on_text=on_text)
+
+    def run_runner() -> dict[str, Any]:
+        agent = make_agent("react", args.env, max_tokens=args.max_tokens, temperature=args.temperature)
+        runner = EpisodeRunner(args.env, agent, engine, max_concurrent=args.batch, max_steps=args.max_steps,
+                               schedule="lockstep")
+        llm.reset_prefix_cache()
+        s = runner.run(specs).stats
+        return {"wall_s": s.wall_s, "generate_s": s.generate_s, "generated_tokens": s.generated_tokens,
+                "tokens_per_s": s.tokens_per_s, "generate_calls": s.generate_calls}
+
+    def raw(batches: list[tuple[list[list[int]], list[Any]]]) -> tuple[float, int]:
+        llm.reset_prefix_cache()
+        start, tokens = time.perf_counter(), 0
+        for ids, params in batches:
+            outs = llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+            tokens += sum(len(o.outputs[0].token_ids) for o in outs)
+        return time.perf_counter() - start, tokens
+
+    def engine_alone(prompts: list[Any], params: list[Any]) -> float:
+        llm.reset_prefix_cache()
+        start = time.perf_counter()
+        engine.generate(prompts, params)
+        return time.perf_counter() - start
+
+    engine.generate = recording  # the first runner run records its calls (and warms vLLM up)
+    try:
+        run_runner()
+    finally:
+        engine.generate = engine_generate
+    batches = [([engine.prompt_ids(p) for p in prompts],
+                [vllm.SamplingParams(n=1, max_tokens=sp.max_tokens, temperature=float(sp.temperature),
+                                     top_p=float(sp.top_p), stop=[x for x in sp.stop if x] or None, seed=sp.seed,
+                                     logprobs=0 if sp.logprobs else None) for sp in params])
+               for prompts, params in calls]
+    runs: dict[str, list[Any]] = {"runner": [], "raw": [], "first_engine": [], "first_raw": []}
+    for _ in range(max(1, args.repeats)):  # interleaved, median reported
+        runs["runner"].append(run_runner())
+        runs["raw"].append(raw(batches))
+        runs["first_engine"].append(engine_alone(*calls[0]))
+        runs["first_raw"].append(raw(batches[:1])[0])
+    def median(xs: list[Any], key: Any = None) -> Any:
+        return sorted(xs, key=key)[(len(xs) - 1) // 2]
+
+    runner = median(runs["runner"], key=lambda r: r["wall_s"])
+    raw_s, raw_tokens = median(runs["raw"], key=lambda r: r[0])
+    first_engine, first_raw = median(runs["first_engine"]), median(runs["first_raw"])
+    out = {"engine": engine.name, "dtype": str(engine.dtype), "calls": len(batches),
+           "requests": sum(len(ids) for ids, _ in batches), "runner": runner,
+           "raw": {"wall_s": raw_s, "generated_tokens": raw_tokens, "tokens_per_s": raw_tokens / raw_s},
+           "first_turn": {"prompts": len(batches[0][0]), "engine_s": first_engine, "raw_s": first_raw,
+                          "engine_vs_raw": first_raw / first_engine},
+           "runner_vs_raw_wall": raw_s / runner["wall_s"],
+           "runner_vs_raw_tokens_per_s": runner["tokens_per_s"] / (raw_tokens / raw_s),
+           "runs": {k: v for k, v in runs.items()}}
+    print(f"\n== runner on {engine.name} ({out['dtype']}) vs raw vllm.LLM.generate: {args.episodes} ReAct episodes "
+          f"of {args.env}, lockstep x{args.batch}, the runner's {out['calls']} generate calls "
+          f"({out['requests']} requests) replayed raw ==")
+    print(f"{'':22} {'wall s':>8} {'tokens':>7} {'tok/s':>8}")
+    print(f"{'runner (end to end)':22} {runner['wall_s']:8.2f} {runner['generated_tokens']:7d} "
+          f"{runner['tokens_per_s']:8.1f}")
+    print(f"{'raw vLLM (same calls)':22} {raw_s:8.2f} {raw_tokens:7d} {raw_tokens / raw_s:8.1f}")
+    print(f"runner vs raw vLLM: wall {out['runner_vs_raw_wall']:.2f}x, tokens/s "
+          f"{out['runner_vs_raw_tokens_per_s']:.2f}x (1.0 = no overhead; target >= 0.9)")
+    print(f"first-turn prompts alone ({out['first_turn']['prompts']}): engine.generate {first_engine:.2f}s, raw "
+          f"{first_raw:.2f}s -> {out['first_turn']['engine_vs_raw']:.2f}x")
+    return out
+
+
 # ---- 1b. the decode step: transformers' concatenating KV layer vs the engine's buffer --------------
 
 
@@ -426,7 +525,8 @@ def measure_preact(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", default="batch,envs,preact", help="comma list of: batch, decode, envs, preact")
+    p.add_argument("--parts", default="batch,envs,preact",
+                   help="comma list of: batch, decode, envs, preact, vllm (the last with --model vllm:default)")
     p.add_argument("--context", type=int, default=900, help="cached tokens per row (decode)")
     p.add_argument("--decode-steps", type=int, default=16, help="timed decode steps per try (decode)")
     p.add_argument("--model", default="default", help="engine spec (default: the embedded SmolLM2-135M)")
@@ -454,21 +554,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1,
                    help="runs of every batch mode, interleaved; the median run is reported (noisy machines)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--dtype", default="auto",
+                   help="engine dtype for every run (sequential and batched alike): auto (the engine's own: float32 "
+                        "for hf on CPU, bfloat16 for vllm), float32 or bfloat16 (AMX/AVX512-BF16 CPUs)")
     p.add_argument("--out", default="results/rollout_throughput.json")
     args = p.parse_args(argv)
     from turngym.keyvalue import parse_key_values
 
     args.env_kwargs = parse_key_values(args.env_kwarg, "--env-kwarg")
     parts = {x.strip() for x in args.parts.split(",") if x.strip()}
-    unknown = parts - {"batch", "decode", "envs", "preact"}
+    unknown = parts - {"batch", "decode", "envs", "preact", "vllm"}
     if unknown:
-        p.error(f"unknown part(s) {sorted(unknown)}; use batch, decode, envs, preact")
+        p.error(f"unknown part(s) {sorted(unknown)}; use batch, decode, envs, preact, vllm")
 
     report: dict[str, Any] = {"config": vars(args), "machine": {"python": platform.python_version(),
                                                                 "platform": platform.platform(),
                                                                 "cpu_count": os.cpu_count()}}
     engine = None
-    if parts & {"batch", "decode", "preact"}:
+    if parts & {"batch", "decode", "preact", "vllm"}:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see turngym.benchmarks.bench._load_engine
         from turngym.agents.engines import make_engine
 
@@ -477,17 +580,20 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         start = time.perf_counter()
-        engine = make_engine(args.model)
-        report["engine"] = {"name": engine.name, "load_s": time.perf_counter() - start}
+        engine = make_engine(args.model, **({"dtype": args.dtype} if args.dtype != "auto" else {}))
+        report["engine"] = {"name": engine.name, "load_s": time.perf_counter() - start,
+                            "dtype": str(getattr(engine, "dtype", args.dtype))}
         import torch
 
         report["machine"].update(torch=torch.__version__, torch_threads=torch.get_num_threads())
-        print(f"loaded {engine.name} in {report['engine']['load_s']:.1f}s; torch threads "
+        print(f"loaded {engine.name} ({report['engine']['dtype']}) in {report['engine']['load_s']:.1f}s; torch threads "
               f"{torch.get_num_threads()}", file=sys.stderr, flush=True)
     if "decode" in parts:
         report["decode"] = measure_decode(engine, args)
     if "batch" in parts:
         report["batch"] = measure_batching(engine, args)
+    if "vllm" in parts:
+        report["vllm"] = measure_vllm(engine, args)
     if "envs" in parts:
         report["envs"] = measure_envs(args)
     if "preact" in parts:
