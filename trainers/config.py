@@ -76,6 +76,9 @@ class ModelConfig:
     lora_target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                    "module names that get adapters")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves memory, costs time)")
+    autocast: str = _f("none", "compute dtype of the trainer's forward and backward: none or bfloat16 "
+                               "(torch.autocast; weights, gradients and AdamW stay in model.dtype; the engine "
+                               "samples in model.dtype). CPU: fast with AMX/AVX512-BF16")
 
 
 @dataclass
@@ -180,6 +183,8 @@ class OptimConfig:
     warmup_iters: int = _f(0, "iterations of linear warm-up")
     max_grad_norm: float = _f(1.0, "gradient-norm clip (0: off)")
     micro_batch_tokens: int = _f(4096, "token budget of one forward/backward (gradient accumulation splits above it)")
+    share_prefix: bool = _f(True, "run the ids all rows of a micro-batch start with (a group's prompt) through "
+                            "the model once and the rest on its KV cache (same values within float rounding)")
 
 
 @dataclass
@@ -544,6 +549,7 @@ SCHEDULES = ("auto", "lockstep", "continuous")  # EpisodeRunner's
 LR_SCHEDULES = ("constant", "linear", "cosine")
 DATA_PARALLEL = ("ddp", "fsdp2")
 DTYPES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")  # names agents.engines.device resolves
+AUTOCAST = ("none", "bfloat16", "bf16")
 OLD_LOGPROBS = ("recompute", "engine")
 SEQ_UNITS = ("sample", "step")
 #: The LLM agents a trainer can train (make_agent also builds the oracle and random baselines); other
@@ -568,6 +574,7 @@ def _at_least(key: str, value: float, low: float) -> None:
 
 def _check_model(m: ModelConfig) -> None:
     _choice("model.dtype", m.dtype, DTYPES)
+    _choice("model.autocast", m.autocast, AUTOCAST)
     if m.device not in ("auto", "", "cpu", "mps") and not re.fullmatch(r"cuda(:\d+)?", m.device):
         raise ConfigError(f"model.device={m.device!r}: use 'auto', 'cpu' or 'cuda[:N]' (e.g. cuda:0)")
 

@@ -84,7 +84,7 @@ def _decoder(model: Any) -> Any:
 def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       temperature: float = 1.0, with_entropy: bool = False, *,
                       loss_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                      chunk_size: int | None = None, impl: str = "auto"):
+                      chunk_size: int | None = None, impl: str = "auto", share_prefix: bool = False):
     """Per-token log-probs of ``input_ids`` under ``model`` (and the entropy of each predictive distribution).
 
     Args:
@@ -99,6 +99,9 @@ def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch
         position_ids: ``[B, T]`` (default: 0, 1, ... over each row's real tokens).
         chunk_size: tokens per chunk for the chunked path (default: ``CHUNK_ELEMENTS // vocab``).
         impl: ``"auto"`` (kernel if available, else chunked), ``"chunked"`` or ``"reference"``.
+        share_prefix: run the decoder once on the ids every row starts with (a group's prompt) and
+            the rows' remainders on its KV cache (:func:`shared_prefix_length` says when); the same
+            values within float rounding, gradients included, for ``(B - 1) x prefix`` fewer tokens.
 
     Returns:
         ``logprobs`` ``[B, T]`` float32, or ``(logprobs, entropy)`` with
@@ -120,16 +123,77 @@ def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch
     if head is None or decoder is None:
         return reference_sequence_logprobs(model, input_ids, attention_mask, temperature, with_entropy,
                                            loss_mask=loss_mask, position_ids=position_ids)
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     want = _targets_mask(input_ids, attention_mask, loss_mask)
-    # Position t's token is predicted by the hidden state at t - 1.
-    pred = want[:, 1:]
+    p = shared_prefix_length(input_ids, attention_mask, want, model) if share_prefix else 0
+    if p:
+        hidden = _prefix_shared_hidden(decoder, input_ids, attention_mask, position_ids, p)
+    else:
+        out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    # Position t's token is predicted by the hidden state at t - 1; ``hidden`` covers positions p, p + 1, ...
+    # and no position before p + 1 is wanted (shared_prefix_length guarantees it).
+    pred = want[:, p + 1:]
     h = hidden[:, :-1][pred]
-    targets = input_ids[:, 1:][pred]
+    targets = input_ids[:, p + 1:][pred]
     logp, ent = token_logprobs(h, head, targets, temperature=temperature, with_entropy=with_entropy,
                                chunk_size=chunk_size, use_kernel=impl == "auto")
     return _scatter(want, logp, ent, with_entropy)
+
+
+#: Fewest shared tokens worth a second decoder call.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, want: torch.Tensor,
+                         model: Any = None) -> int:
+    """How many leading positions :func:`sequence_logprobs` may compute once for all rows (0: none).
+
+    The longest run of ids that every row starts with (real tokens, no padding), cut so that each row keeps
+    at least one token after it and that no wanted position needs a hidden state inside it (position ``t``
+    is predicted at ``t - 1``). 0 for a single row, a run shorter than :data:`MIN_SHARED_PREFIX`, and for
+    models that cannot attend over a cache under autograd (gradient checkpointing turns the cache off) or
+    whose layers crop it (sliding windows).
+    """
+    b, t = input_ids.shape
+    if b < 2 or t < 2 or _checkpointing(model) or _windowed(model):
+        return 0
+    same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
+    lcp = int(same.long().cumprod(0).sum())
+    wanted = want.any(0).nonzero()
+    first_wanted = int(wanted[0]) if len(wanted) else t
+    shortest = int(attention_mask.long().sum(-1).min())
+    p = min(lcp, first_wanted - 1, shortest - 1)
+    return p if p >= MIN_SHARED_PREFIX else 0
+
+
+def _checkpointing(model: Any) -> bool:
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers 5.25 renamed it
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
+def _windowed(model: Any) -> bool:
+    # Sliding-window layers crop their cache: the one-pass and the cached forward could then differ.
+    config = getattr(model, "config", None)
+    layer_types = getattr(config, "layer_types", None) or ()
+    return getattr(config, "sliding_window", None) is not None or any("sliding" in str(k) for k in layer_types)
+
+
+def _prefix_shared_hidden(decoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          position_ids: torch.Tensor, p: int) -> torch.Tensor:
+    """Final hidden states of positions ``p, p + 1, ...`` (``[B, T - p, H]``): the decoder runs once on row 0's
+    first ``p`` ids, its KV cache is repeated for every row (autograd sums the rows' gradients back into the
+    one prefix pass), then on each row's remainder."""
+    cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    head = decoder(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p],
+                   position_ids=position_ids[:1, :p], use_cache=True)
+    cache = getattr(head, "cache", None) if cache_arg == "cache" else None
+    cache = cache if cache is not None else head.past_key_values
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    out = decoder(input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=position_ids[:, p:],
+                  use_cache=True, **{cache_arg: cache})
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
 def _scatter(want: torch.Tensor, logp: torch.Tensor, ent: torch.Tensor | None, with_entropy: bool):

@@ -65,7 +65,6 @@ this package's token layer; torch and transformers (``train`` extra).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -130,7 +129,6 @@ class RLTrainer:
         self._validate()
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.torch = torch
@@ -554,9 +552,12 @@ class RLTrainer:
         from turngym.trainers.logprobs import sequence_logprobs
 
         model = model if model is not None else self.train_model
-        return sequence_logprobs(model, batch.input_ids, batch.attention_mask,
-                                 temperature=self.temperature, with_entropy=with_entropy, loss_mask=batch.loss_mask,
-                                 position_ids=batch.position_ids)
+        # model.autocast: the forward (and so the backward) in bf16, the weights and their gradients as they are.
+        with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16,
+                                 enabled=self.cfg.model.autocast in ("bfloat16", "bf16")):
+            return sequence_logprobs(model, batch.input_ids, batch.attention_mask, temperature=self.temperature,
+                                     with_entropy=with_entropy, loss_mask=batch.loss_mask,
+                                     position_ids=batch.position_ids, share_prefix=self.cfg.optim.share_prefix)
 
     # ---- evaluation ---------------------------------------------------------------------------------------
 

@@ -12,9 +12,11 @@ import pytest
 
 from turngym.agents.types import SamplingParams, Step, Trajectory
 from turngym.trainers.logprobs import (
+    MIN_SHARED_PREFIX,
     compare_logprobs,
     reference_sequence_logprobs,
     sequence_logprobs,
+    shared_prefix_length,
     token_logprobs,
 )
 from turngym.trainers.tokens import build_samples, collate, verify_samples
@@ -61,6 +63,44 @@ def test_equals_the_reference_with_gradients(torch, tiny_tokenizer, make_tiny_mo
     full = sequence_logprobs(model, ids, mask, temperature=temperature, impl=impl)
     assert (full[:, 0] == 0).all() and (full[mask == 0] == 0).all() and (full[:, 1:][mask[:, 1:] == 1] < 0).all()
     assert torch.allclose(full[loss_mask == 1], lc[loss_mask == 1], atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "auto"])
+def test_a_shared_prefix_computed_once_gives_the_same_values_and_gradients(torch, make_tiny_model, tiny_tokenizer,
+                                                                             impl):
+    """A GRPO group: one prompt, several replies of different lengths (right padded); the prompt runs once."""
+    model = make_tiny_model(tiny_tokenizer, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    prompt = torch.randint(3, 250, (MIN_SHARED_PREFIX + 5,), generator=gen).tolist()
+    rows = [prompt + torch.randint(3, 250, (n,), generator=gen).tolist() for n in (9, 4, 12, 1)]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tiny_tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    loss_mask = mask.clone()
+    loss_mask[:, :len(prompt)] = 0  # the replies only, as the trainer's samples
+    p = shared_prefix_length(ids, mask, loss_mask.bool(), model)
+    assert p == len(prompt) - 1  # the last prompt token predicts the first reply token: it stays per row
+    weights = torch.randn(ids.shape, generator=gen)
+    results = {}
+    for share in (False, True):
+        model.zero_grad()
+        logp, ent = sequence_logprobs(model, ids, mask, temperature=0.7, with_entropy=True, loss_mask=loss_mask,
+                                      impl=impl, share_prefix=share)
+        ((logp * weights).sum() + (ent * weights.flip(0)).sum()).backward()
+        results[share] = (logp.detach(), ent.detach(), {n: q.grad.clone() for n, q in model.named_parameters()})
+    (l0, e0, g0), (l1, e1, g1) = results[False], results[True]
+    assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(e0, e1, atol=1e-5)
+    assert (l1[loss_mask == 0] == 0).all() and (l1[loss_mask == 1] < 0).all()
+    for name in g0:
+        assert torch.allclose(g0[name], g1[name], atol=1e-5, rtol=1e-4), name
+    # Nothing worth sharing: a short prefix, one row, or a wanted position inside the common run.
+    assert shared_prefix_length(ids[:, :MIN_SHARED_PREFIX], mask[:, :MIN_SHARED_PREFIX],
+                                loss_mask[:, :MIN_SHARED_PREFIX].bool(), model) == 0
+    assert shared_prefix_length(ids[:1], mask[:1], loss_mask[:1].bool(), model) == 0
+    assert shared_prefix_length(ids, mask, mask.bool(), model) == 0
 
 
 def test_reference_is_the_plain_formula(torch, tiny_tokenizer, tiny_model):

@@ -71,6 +71,40 @@ def test_success_rises_within_a_few_cpu_seconds(corridor, word_tok, tmp_path, es
         assert key in train[-1], key
 
 
+def test_bf16_autocast_learns_too(corridor, word_tok, tmp_path):
+    """model.autocast=bfloat16: the update's forward/backward in bf16, fp32 weights and AdamW; the engine samples
+    in fp32, so the trainer's log-probs differ from the engine's by bf16 rounding (logged), and it still learns."""
+    trainer = _trainer(corridor, word_tok, tmp_path, "model.autocast=bfloat16", "run.iterations=25")
+    result = trainer.train()
+    train = _records(tmp_path)
+    first = np.mean([r["success_rate"] for r in train[:5]])
+    last = np.mean([r["success_rate"] for r in train[-5:]])
+    assert last >= first + 0.4, (first, last)
+    assert result["eval"]["success_rate"] >= 0.8
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert 1e-4 < max(r["logprob_diff_max"] for r in train) < 0.1
+
+
+def test_the_shared_prefix_update_equals_the_plain_one(corridor, word_tok, tmp_path, monkeypatch):
+    """optim.share_prefix (the group's prompt through the model once) gives the plain update's loss and gradient."""
+    from turngym.trainers import logprobs
+
+    monkeypatch.setattr(logprobs, "MIN_SHARED_PREFIX", 2)  # the corridor's prompts are short
+    calls = []
+    plain_hidden = logprobs._prefix_shared_hidden
+    monkeypatch.setattr(logprobs, "_prefix_shared_hidden", lambda *a: calls.append(a[-1]) or plain_hidden(*a))
+    records = {}
+    for share in ("true", "false"):
+        trainer = _trainer(corridor, word_tok, tmp_path / share, f"optim.share_prefix={share}",
+                           "rollout.tasks_per_iter=1", "run.iterations=1", "run.eval_tasks=0")
+        records[share] = trainer.iteration()
+    assert calls and min(calls) >= 2, calls  # the shared path ran (only) in the share_prefix=true run
+    on, off = records["true"], records["false"]
+    assert on["generated_tokens"] == off["generated_tokens"] and on["adv_std"] == off["adv_std"]
+    for key in ("pg_loss", "grad_norm", "entropy", "ppo_kl"):
+        assert math.isclose(on[key], off[key], rel_tol=1e-4, abs_tol=1e-6), (key, on[key], off[key])
+
+
 def test_gradient_sign_on_a_hand_made_batch(corridor, word_tok):
     """A positive advantage raises the log-prob of the sampled token, a negative one lowers it."""
     from turngym.kernels.policy_loss import policy_loss_from_logprobs
