@@ -37,3 +37,14 @@ def test_the_vllm_part_names_the_engine_it_needs(tiny_engine, tmp_path):
     args = rollout_throughput.argparse.Namespace(env="turngym/Game24-v0", split="test", episodes=1, seed=0)
     with pytest.raises(SystemExit, match="needs the vLLM engine"):
         rollout_throughput.measure_vllm(tiny_engine, args)
+
+
+def test_dtype_auto_is_bfloat16_only_for_the_hf_engine_on_an_amx_cpu():
+    import torch
+
+    from turngym.benchmarks.rollout_throughput import _bench_dtype
+
+    assert _bench_dtype("float32", "default") == "float32"
+    assert _bench_dtype("auto", "vllm:default") == "auto"  # vLLM picks bfloat16 itself
+    amx = torch.cpu._is_amx_tile_supported() and not torch.cuda.is_available()
+    assert _bench_dtype("auto", "default") == ("bfloat16" if amx else "auto")
