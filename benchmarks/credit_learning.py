@@ -62,6 +62,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -223,6 +224,7 @@ def run_one(estimator: str, seed: int, iterations: int, eval_every: int, out: st
     register()
     t0 = time.perf_counter()
     run_dir = Path(out) / "runs" / f"{estimator}-seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun into the same --out would append to the old metrics
     cfg = load_config(RLConfig, None, overrides(estimator, seed, iterations, eval_every, run_dir))
     tok = word_tokenizer()
     model = tiny_llama(tok, hidden=32, intermediate=64, max_positions=256, init=0.02, seed=seed, eval_mode=False)
