@@ -52,6 +52,24 @@ def tiny_bpe_tokenizer(corpus: Sequence[str], *, vocab_size: int = 320, pad_toke
     return fast
 
 
+
+def word_chat_tokenizer(words: Sequence[str]) -> Any:
+    """A word-level tokenizer over ``words`` after the ChatML specials (<unk>, <|im_start|>, <|im_end|>), with a
+    whitespace-split chat template: tiny vocabularies that a random model samples from often enough to learn."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<unk>", "<|im_start|>", "<|im_end|>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<unk>", pad_token="<unk>")
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    fast.chat_template = ("{% for message in messages %}<|im_start|> {{ message['role'] }} {{ message['content'] }} "
+                          "<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+    return fast
+
+
 def tiny_llama(tokenizer: Any, *, hidden: int = 64, intermediate: int | None = None, layers: int = 2,
                heads: int = 4, kv_heads: int = 2, max_positions: int = 512, init: float = 0.1, seed: int = 0,
                eval_mode: bool = True) -> Any:

@@ -86,19 +86,9 @@ def register() -> str:
 
 def word_tokenizer():
     """A word-level tokenizer over ``WORDS`` with ChatML special tokens and template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from turngym.testing import word_chat_tokenizer
 
-    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
-    vocab = {w: i for i, w in enumerate(specials + ["system", "user", "assistant", "\n"] + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<unk>", pad_token="<unk>")
-    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    fast.chat_template = ("{% for message in messages %}<|im_start|> {{ message['role'] }} {{ message['content'] }} "
-                          "<|im_end|> {% endfor %}{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
-    return fast
+    return word_chat_tokenizer(["system", "user", "assistant", "\n", *WORDS])
 
 
 def tiny_policy(tokenizer, seed: int = 0):
