@@ -587,6 +587,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"config": vars(args), "machine": {"python": platform.python_version(),
                                                                 "platform": platform.platform(),
                                                                 "cpu_count": os.cpu_count()}}
+    from turngym.benchmarks.contention import CpuWatch, idle_check
+
+    report["machine"]["other_cores_before"] = idle_check()["other_cores"]
+    watch = CpuWatch()
     engine = None
     if parts & {"batch", "decode", "preact", "vllm"}:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see turngym.benchmarks.bench._load_engine
@@ -616,6 +620,13 @@ def main(argv: list[str] | None = None) -> int:
         report["envs"] = measure_envs(args)
     if "preact" in parts:
         report["preact"] = measure_preact(engine, args)
+    report["machine"]["other_cores_during"] = watch.stop()["other_cores"]
+    report["machine"]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    others = (report["machine"]["other_cores_before"], report["machine"]["other_cores_during"])
+    print("other processes' CPU use (cores): before " + ", during ".join(
+        "n/a" if x is None else f"{x:.2f}" for x in others))
+    if any(x is not None and x > 0.2 for x in others):
+        print("WARNING: other work ran beside this benchmark; its timings are not an idle machine's")
     out = write_text_atomic(args.out, json.dumps(report, indent=2, default=str) + "\n")
     print(f"\nwrote {out}")
     return 0

@@ -188,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="default",
                    help="default (the embedded SmolLM2-135M-Instruct), a local HF folder, or a Hub id ORG/NAME[@REV]")
     p.add_argument("--bf16", action="store_true",
-                   help="a second, labelled comparison: bf16 autocast in both (turngym model.autocast=bfloat16, "
-                        "TRL bf16=True), fp32 weights; the held-equal comparison is float32 in both")
+                   help="a second, labelled comparison: bf16 in both, fp32 weights (turngym: bf16 autocast in the "
+                        "update and sampling from a bf16 copy, model.autocast=bfloat16 rollout.dtype=bfloat16; TRL: "
+                        "bf16=True); the held-equal comparison is float32 in both")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override of the turngym run (repeatable), e.g. optim.share_prefix=false; "
                         "a result that is not the held-equal setting says so in its 'overrides'")
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from turngym.agents.engines.default_model import resolve_model
+    from turngym.benchmarks.contention import CpuWatch, idle_check
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -211,17 +213,22 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"model": str(path), "steps": args.steps, "threads": args.threads,
                               "torch": torch.__version__, "transformers": transformers.__version__,
                               "machine": platform.machine(), "processor": platform.processor(),
-                              "precision": "bf16 autocast" if args.bf16 else "float32", "load_before": _load()}
-    overrides = (["model.autocast=bfloat16"] if args.bf16 else []) + args.set
+                              "precision": "bf16 (fp32 weights)" if args.bf16 else "float32", "load_before": _load()}
+    overrides = (["model.autocast=bfloat16", "rollout.dtype=bfloat16"] if args.bf16 else []) + args.set
+    result["other_cores_before"] = idle_check()["other_cores"]
     if args.only != "trl":
+        watch = CpuWatch()
         result["turngym"] = summarize(run_turngym(path, args.steps, args.seed, out, overrides))
+        result["turngym"]["other_cores"] = watch.stop()["other_cores"]
         result["overrides"] = overrides
         print("turngym:", json.dumps(result["turngym"]), flush=True)
     if args.only != "turngym":
         import trl
 
         result["trl_version"] = trl.__version__
+        watch = CpuWatch()
         result["trl"] = summarize(run_trl(path, args.steps, args.seed, out, bf16=args.bf16))
+        result["trl"]["other_cores"] = watch.stop()["other_cores"]
         print("trl:    ", json.dumps(result["trl"]), flush=True)
     if "turngym" in result and "trl" in result:
         result["ratio_tokens_per_s"] = result["turngym"]["tokens_per_s"] / result["trl"]["tokens_per_s"]
@@ -234,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{result['ratio_step_time']:.2f}x step time")
     result["load_after"] = _load()
     print(f"load average (1, 5, 15 min): before {result['load_before']}, after {result['load_after']}")
+    others = [result["other_cores_before"]] + [result[k]["other_cores"] for k in ("turngym", "trl") if k in result]
+    print("other processes' CPU use (cores): before " + ", during ".join(
+        "n/a" if x is None else f"{x:.2f}" for x in others))
+    if any(x is not None and x > 0.2 for x in others):
+        print("WARNING: other work ran beside this benchmark; its timings are not an idle machine's")
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return 0
 

@@ -182,18 +182,60 @@ def _windowed(model: Any) -> bool:
 
 def _prefix_shared_hidden(decoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                           position_ids: torch.Tensor, p: int) -> torch.Tensor:
-    """Final hidden states of positions ``p, p + 1, ...`` (``[B, T - p, H]``): the decoder runs once on row 0's
-    first ``p`` ids, its KV cache is repeated for every row (autograd sums the rows' gradients back into the
-    one prefix pass), then on each row's remainder."""
+    """Final hidden states of positions ``p, p + 1, ...`` (``[B, T - p, H]``, 0 at padding): the decoder runs
+    once on row 0's first ``p`` ids, then on every row's remainder over that one KV cache: packed into one
+    sequence when :func:`_packed_remainders` allows (no padded position computed), else with the cache
+    repeated for every row (autograd sums the rows' gradients back into the one prefix pass)."""
     cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
     head = decoder(input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p],
                    position_ids=position_ids[:1, :p], use_cache=True)
     cache = getattr(head, "cache", None) if cache_arg == "cache" else None
     cache = cache if cache is not None else head.past_key_values
+    packed = _packed_remainders(attention_mask, position_ids, p)
+    if packed is not None:
+        rows, cols, pos, mask = packed
+        out = decoder(input_ids=input_ids[:, p:][rows, cols][None], attention_mask=mask, position_ids=pos[None],
+                      use_cache=True, **{cache_arg: cache})
+        h = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        b, t = input_ids.shape
+        return h.new_zeros((b, t - p, h.shape[-1])).index_put((rows, cols), h[0])
     cache.batch_repeat_interleave(input_ids.shape[0])
     out = decoder(input_ids=input_ids[:, p:], attention_mask=attention_mask, position_ids=position_ids[:, p:],
                   use_cache=True, **{cache_arg: cache})
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+#: Most query x key scores per head the packed path may build (its mask and attention are ``L x (p + L)``).
+MAX_PACKED_SCORES = 1 << 23
+
+
+def _packed_remainders(attention_mask: torch.Tensor, position_ids: torch.Tensor, p: int):
+    """The rows' remainders after the shared ``p`` positions as ONE packed sequence, or None.
+
+    Padding then costs nothing: ``L`` (the sum of the rows' real remainder
+    lengths) tokens run through the decoder instead of ``B x (T - p)``, on
+    the single prefix cache (not repeated per row). Returns ``(rows, cols,
+    positions, mask)``: the packed tokens' row and column (in ``[:, p:]``),
+    their position ids, and the ``[1, 1, L, p + L]`` boolean mask (every
+    token sees the prefix and its own row's earlier tokens). None when a row
+    is not right padded (real tokens first, then padding only) or the scores
+    would exceed :data:`MAX_PACKED_SCORES`.
+    """
+    real = attention_mask.bool()
+    lengths = real.long().sum(-1)
+    cols_all = torch.arange(real.shape[1], device=real.device)
+    if not bool((real == (cols_all[None] < lengths[:, None])).all()):
+        return None
+    rem = real[:, p:]
+    total = int(rem.sum())
+    if total == 0 or total * (p + total) > MAX_PACKED_SCORES:
+        return None
+    rows, cols = rem.nonzero(as_tuple=True)  # row-major: each row's tokens together, in order
+    pos = position_ids[:, p:][rows, cols]
+    same = rows[:, None] == rows[None, :]
+    causal = cols[None, :] <= cols[:, None]
+    mask = torch.cat([torch.ones((total, p), dtype=torch.bool, device=real.device), same & causal], dim=1)
+    return rows, cols, pos, mask[None, None]
 
 
 def _scatter(want: torch.Tensor, logp: torch.Tensor, ent: torch.Tensor | None, with_entropy: bool):

@@ -248,7 +248,11 @@ class RLTrainer:
             from turngym.agents.engines.hf import HFEngine
 
             kwargs = {"max_batch_size": r.max_concurrent, **r.engine_kwargs}
-            return HFEngine((self.model, self.tokenizer), name=f"hf:{Path(str(self.cfg.model.path)).name}", **kwargs)
+            name = f"hf:{Path(str(self.cfg.model.path)).name}"
+            if r.dtype == "model":
+                return HFEngine((self.model, self.tokenizer), name=name, **kwargs)
+            # A copy in another dtype (bf16 sampling on an AMX CPU); _sync_engine pushes every update into it.
+            return HFEngine((self._merged_model(), self.tokenizer), name=name, dtype=r.dtype, **kwargs)
         from turngym.agents.engines.vllm_engine import VLLMEngine
         from turngym.trainers.model import save_model
 
@@ -272,14 +276,18 @@ class RLTrainer:
             engine.clear_prefix_cache()  # drop KV computed with the old weights
             return
         if isinstance(engine, WeightSyncEngine):
-            from turngym.trainers.model import is_peft
-
-            model = self.model
-            if is_peft(model):
-                import copy
-
-                model = copy.deepcopy(model).merge_and_unload()
+            model = self._merged_model(copy_always=False)
             engine.update_weights({k: v.detach() for k, v in model.state_dict().items()})
+
+    def _merged_model(self, copy_always: bool = True):
+        """The trained model as a plain one (a peft model's adapters merged into a copy); a copy when asked."""
+        import copy
+
+        from turngym.trainers.model import is_peft
+
+        if is_peft(self.model):
+            return copy.deepcopy(self.model).merge_and_unload()
+        return copy.deepcopy(self.model) if copy_always else self.model
 
     # ---- checkpoints ------------------------------------------------------------------------------------
 

@@ -67,8 +67,11 @@ def test_equals_the_reference_with_gradients(torch, tiny_tokenizer, make_tiny_mo
 
 @pytest.mark.parametrize("impl", ["chunked", "auto"])
 def test_a_shared_prefix_computed_once_gives_the_same_values_and_gradients(torch, make_tiny_model, tiny_tokenizer,
-                                                                             impl):
-    """A GRPO group: one prompt, several replies of different lengths (right padded); the prompt runs once."""
+                                                                             impl, monkeypatch):
+    """A GRPO group: one prompt, several replies of different lengths (right padded); the prompt runs once, the
+    replies after it either packed into one sequence (no padding computed) or with the prompt's cache repeated."""
+    import turngym.trainers.logprobs as logprobs_module
+
     model = make_tiny_model(tiny_tokenizer, seed=2)
     gen = torch.Generator().manual_seed(3)
     prompt = torch.randint(3, 250, (MIN_SHARED_PREFIX + 5,), generator=gen).tolist()
@@ -84,18 +87,24 @@ def test_a_shared_prefix_computed_once_gives_the_same_values_and_gradients(torch
     p = shared_prefix_length(ids, mask, loss_mask.bool(), model)
     assert p == len(prompt) - 1  # the last prompt token predicts the first reply token: it stays per row
     weights = torch.randn(ids.shape, generator=gen)
+    assert logprobs_module._packed_remainders(mask, mask.cumsum(-1) - 1, p) is not None
     results = {}
-    for share in (False, True):
+    for mode in ("unshared", "packed", "repeated"):
+        monkeypatch.setattr(logprobs_module, "MAX_PACKED_SCORES", 0 if mode == "repeated" else 1 << 23)
         model.zero_grad()
         logp, ent = sequence_logprobs(model, ids, mask, temperature=0.7, with_entropy=True, loss_mask=loss_mask,
-                                      impl=impl, share_prefix=share)
+                                      impl=impl, share_prefix=mode != "unshared")
         ((logp * weights).sum() + (ent * weights.flip(0)).sum()).backward()
-        results[share] = (logp.detach(), ent.detach(), {n: q.grad.clone() for n, q in model.named_parameters()})
-    (l0, e0, g0), (l1, e1, g1) = results[False], results[True]
-    assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(e0, e1, atol=1e-5)
-    assert (l1[loss_mask == 0] == 0).all() and (l1[loss_mask == 1] < 0).all()
-    for name in g0:
-        assert torch.allclose(g0[name], g1[name], atol=1e-5, rtol=1e-4), name
+        results[mode] = (logp.detach(), ent.detach(), {n: q.grad.clone() for n, q in model.named_parameters()})
+    l0, e0, g0 = results["unshared"]
+    for mode in ("packed", "repeated"):
+        l1, e1, g1 = results[mode]
+        assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(e0, e1, atol=1e-5), mode
+        assert (l1[loss_mask == 0] == 0).all() and (l1[loss_mask == 1] < 0).all()
+        for name in g0:
+            assert torch.allclose(g0[name], g1[name], atol=1e-5, rtol=1e-4), (mode, name)
+    # Packing needs right padding (a left-padded row keeps the repeated cache) and a bounded score matrix.
+    assert logprobs_module._packed_remainders(mask.flip(-1), mask.cumsum(-1) - 1, p) is None
     # Nothing worth sharing: a short prefix, one row, or a wanted position inside the common run.
     assert shared_prefix_length(ids[:, :MIN_SHARED_PREFIX], mask[:, :MIN_SHARED_PREFIX],
                                 loss_mask[:, :MIN_SHARED_PREFIX].bool(), model) == 0

@@ -85,6 +85,25 @@ def test_bf16_autocast_learns_too(corridor, word_tok, tmp_path):
     assert 1e-4 < max(r["logprob_diff_max"] for r in train) < 0.1
 
 
+def test_a_bf16_rollout_copy_learns_and_follows_every_update(corridor, word_tok, tmp_path):
+    """rollout.dtype=bfloat16: the engine samples from a bf16 copy of the fp32 model, synced after every update
+    (the trainer's own log-probs stay fp32, so the logged engine-vs-trainer gap is bf16 rounding)."""
+    trainer = _trainer(corridor, word_tok, tmp_path, "rollout.dtype=bfloat16", "run.iterations=25")
+    copy = trainer.engine.model
+    assert copy is not trainer.model and all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    result = trainer.train()
+    train = _records(tmp_path)
+    first = np.mean([r["success_rate"] for r in train[:5]])
+    last = np.mean([r["success_rate"] for r in train[-5:]])
+    assert last >= first + 0.4, (first, last)
+    assert result["eval"]["success_rate"] >= 0.8
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert 1e-4 < max(r["logprob_diff_max"] for r in train) < 0.1
+    ours = dict(trainer.model.named_parameters())
+    for name, p in copy.named_parameters():  # the copy holds the final weights, rounded to bf16
+        assert torch.equal(p, ours[name].detach().to(torch.bfloat16)), name
+
+
 def test_the_shared_prefix_update_equals_the_plain_one(corridor, word_tok, tmp_path, monkeypatch):
     """optim.share_prefix (the group's prompt through the model once) gives the plain update's loss and gradient."""
     from turngym.trainers import logprobs
@@ -251,6 +270,10 @@ def test_bad_config_values_are_named(corridor, word_tok, tmp_path):
         _trainer(corridor, word_tok, tmp_path, "algo.estimator=grpoo")
     with pytest.raises(ConfigError, match="entropy_coef"):
         _trainer(corridor, word_tok, tmp_path, "algo.epo_smooth_coef=1.0")
+    with pytest.raises(ConfigError, match="rollout.dtype"):
+        _config(corridor, tmp_path, "rollout.dtype=bfloat16", "rollout.engine=vllm")
+    with pytest.raises(ConfigError, match="rollout.dtype"):
+        _config(corridor, tmp_path, "rollout.dtype=int3")
 
 
 def test_plot_draws_the_learning_curves(corridor, word_tok, tmp_path):
