@@ -1,4 +1,4 @@
-"""benchmarks/credit_learning.py runs (its --quick version, about a minute on 2 cores) and keeps its output's promises:
+"""benchmarks/credit_learning.py runs (its --quick version, under a minute on 2 cores) and keeps its output's promises:
 every estimator has every seed's results, intervals hold their means, the paired difference is the mean of the
 per-seed differences, and the PNG and JSON are written. Learning outcomes are the study's, not asserted here."""
 
@@ -27,15 +27,18 @@ def test_sign_trail_passes_the_env_checker_and_its_splits_are_disjoint():
     assert {len(t) for t in test} == set(credit_learning.LENGTHS)
 
 
-def test_the_oracle_wins_and_a_wrong_move_steps_back():
+def test_the_oracle_wins_a_wrong_move_steps_back_and_only_a_lone_move_word_moves():
     env = credit_learning.SignTrailEnv(split="train")
     obs, info = env.reset(options={"task": {"signs": ["left", "right", "right", "left"]}})
-    assert obs.endswith("left") and info["state_key"].endswith(":0")
+    assert obs.split()[-credit_learning.SIGN_REPEAT - 1:] == ["signs"] + ["left"] * credit_learning.SIGN_REPEAT
+    assert info["state_key"].endswith(":0")
     obs, reward, done, _, info = env.step("right")  # wrong at cell 0: stays at 0
-    assert (obs, reward, done, info["state_key"][-2:]) == ("left", 0.0, False, ":0")
-    _, _, _, _, info = env.step("<unk> hello")
-    assert not info["action_valid"]
-    env.step("<unk> left")  # the first move word counts
+    assert (obs.split(), reward, done, info["state_key"][-2:]) == (["left"] * 6, 0.0, False, ":0")
+    for reply in ("<unk> hello", "<unk> left", "left left", ""):  # the reply must be exactly one move word
+        _, _, _, _, info = env.step(reply)
+        assert not info["action_valid"] and info["state_key"].endswith(":0")
+    obs, _, _, _, info = env.step(" Left ")  # case and surrounding space ignored
+    assert info["action_valid"] and info["state_key"].endswith(":1") and obs.split() == ["right"] * 6
     _, _, _, _, info = env.step("left")  # wrong at cell 1: back to 0
     assert info["state_key"].endswith(":0")
     for _ in range(4):
@@ -66,6 +69,8 @@ def test_quick_study_writes_every_seed_and_consistent_statistics(tmp_path, capsy
         assert row["per_seed"] == [runs[est, s]["final_heldout_success"] for s in seeds]
         assert row["final_mean"] == pytest.approx(np.mean(row["per_seed"]))
         assert row["ci_low"] <= row["final_mean"] <= row["ci_high"]
+        assert row["curve_mean_per_seed"] == pytest.approx([np.mean(runs[est, s]["heldout_success"][1:]) for s in seeds])
+        assert row["curve_mean"] == pytest.approx(np.mean(row["curve_mean_per_seed"]))
     diff = result["summary"]["gigpo_minus_grpo"]
     per_seed = [runs["gigpo", s]["final_heldout_success"] - runs["grpo", s]["final_heldout_success"] for s in seeds]
     assert diff["per_seed"] == pytest.approx(per_seed)
@@ -73,6 +78,9 @@ def test_quick_study_writes_every_seed_and_consistent_statistics(tmp_path, capsy
     assert diff["ci_low"] <= diff["mean"] <= diff["ci_high"]
     assert 0.0 <= diff["paired_t_p"] <= 1.0 and 0.0 <= diff["wilcoxon_p"] <= 1.0
     assert diff["wins"] + diff["losses"] + diff["ties"] == len(seeds)
+    curve = result["summary"]["gigpo_minus_grpo_curve_mean"]
+    assert curve["mean"] == pytest.approx(np.mean(result["summary"]["estimators"]["gigpo"]["curve_mean_per_seed"])
+                                          - np.mean(result["summary"]["estimators"]["grpo"]["curve_mean_per_seed"]))
     printed = capsys.readouterr().out
     assert "GiGPO - GRPO" in printed and all(e in printed for e in estimators)
 
