@@ -40,6 +40,9 @@ def _turngym_commands() -> list[str]:
                 cmds.append(line)
             elif line.startswith("torchrun ") and "-m turngym.cli" in line:
                 cmds.append("turngym " + line.split("-m turngym.cli", 1)[1].strip())
+        # inline training commands in prose (a figure's exact command), possibly wrapped over lines
+        for span in re.findall(r"`(turngym (?:train|sft) [^`]+)`", doc.read_text()):
+            cmds.append(" ".join(span.split()))
     return cmds
 
 
