@@ -1,0 +1,467 @@
+"""Werewolf that learns: SFT on the rule village's recorded moves, then the LLM village against rule wolves.
+
+    python -m turngym.benchmarks.werewolf_learn --out results/werewolf_learn                  # the study (resumable)
+    python -m turngym.benchmarks.werewolf_learn --out results/werewolf_learn --dtype bfloat16 # faster engine on CPU
+    python -m turngym.benchmarks.werewolf_learn --quick --out /tmp/q                          # tiny-model smoke (the test)
+
+Why: the untrained SmolLM2-135M-Instruct village plays almost only invalid
+actions (94-100% of its turns), so its win rate says nothing about play, and
+self-play from it starts with nothing to reinforce. A warm start on the rule
+bots' own moves, in exactly the format the LLM seats see, teaches valid moves
+first; the before/after evaluation measures what that buys.
+
+The pipeline, each phase skipped when its output is already there (a later
+session, on a GPU say, picks up where the last one stopped):
+
+1. Record (``OUT/data/village.jsonl``, ``OUT/data/record.json``): ``--games``
+   all-rule games (deal seeds ``RECORD_SEED + k``, disjoint from the evaluation
+   deals) with ``record_bots=True``; the VILLAGE seats' trajectories are kept
+   (the LLM plays the village) and every turn is rendered as the LLM seat's
+   request: the runner's own :class:`~turngym.agents.werewolf_runner.WerewolfLLMPolicy`
+   messages from the seat's observation (cut to the model's context the way
+   the runner cuts it), the chat template's prompt ids, and as the target the
+   bot's action followed by the end-of-turn token. The observation is the
+   seat's own view from the env: nothing another seat saw (no hidden role)
+   enters a prompt. All games are kept, won or lost (``data.only_won=false``;
+   ``--only-won`` turns rejection sampling on): the target is the rule
+   village's valid play, which is the same policy in games it loses; keeping
+   only won games would drop most of the data (the rule village wins about 15%
+   on lspo7) and bias it towards easy deals. The record is then checked by
+   replaying it: the same deals with the village played by an engine that
+   answers every prompt with its recorded target. Every prompt must be one the
+   LLM seat is really asked (token for token), every target must parse into
+   the action the bot played and the env must accept it
+   (``record.json: replay``).
+2. SFT (``OUT/sft/sft.json``, checkpoint under ``OUT/sft``): the SFT trainer
+   (``data.source`` = that file) from the base model. Its built-in evaluation
+   runs gym episodes, which a PettingZoo env has not, so ``run.eval_tasks=0``
+   and phase 3 evaluates.
+3. Evaluation (``OUT/eval/{rule,base,sft}/games.jsonl``): the village against
+   rule wolves (``village=llm,wolves=rule``) on ``--eval-games`` deals (seeds
+   ``0..N-1``, the deals of ``turngym bench --env werewolf -n N``; the same for
+   every row), the rule village on the same deals as the reference. Games are
+   played and appended in chunks of ``--max-concurrent``, so a killed
+   evaluation resumes at the next unplayed deal. Per row: the village's win
+   rate with a Wilson 95% interval and the LLM seats' invalid-action rate
+   (the env's verdict on each turn) and unparsable-reply rate.
+4. Self-play RL from the SFT checkpoint is not part of this module yet
+   (``turngym.trainers.selfplay`` is there; its cost on CPU is the open part).
+
+Writes ``OUT/results.json`` (setting, record, SFT, rows) and prints a table:
+rule village, LLM before (base), LLM after (SFT).
+
+Setting and cost: the default preset is ``lspo7`` (7 players, no bidding:
+about 15 village turns a game against about 106 on ``arena8``, where the
+rule village also wins more), the rules the self-play trainer uses too;
+``--preset arena8`` is the ``turngym bench`` default. On this 2-core CPU
+(SmolLM2-135M) the measured cost of ONE evaluation game is in the README of
+this study's results (see the report of issue 23); ``turngym bench --env
+werewolf --agents village=llm,wolves=rule -n 8`` on arena8 in float32 did not
+finish 8 games in 10 minutes. ``--dtype bfloat16`` (engine weights in bf16;
+prefill about 3x faster on AMX CPUs) is the cheaper documented setting; it
+changes the numbers' setting, which ``results.json`` records. A GPU is used
+by itself when there is one.
+
+This module depends on the trainer (``turngym.trainers``), the Werewolf
+runner (``turngym.agents``), the env and ``turngym.testing`` (``--quick``'s
+tiny model); nothing depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ENV_ID = "turngym/Werewolf-v0"
+EVAL_LINEUP = "village=llm,wolves=rule"
+#: the recorded games' deals: RECORD_SEED + k, far from the evaluation deals 0..N-1
+RECORD_SEED = 1_000_000
+PRESET = "lspo7"
+DEFAULTS = {"games": 64, "epochs": 2, "eval_games": 200, "lr": 5e-5, "batch_size": 8}
+QUICK = {"games": 2, "epochs": 1, "eval_games": 2, "lr": 1e-3, "batch_size": 8, "max_tokens": 8}
+ROWS = ("rule", "base", "sft")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from turngym.trainers.runlog import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(data, indent=1))
+
+
+def _eos_id(tokenizer: Any) -> int:
+    vocab = tokenizer.get_vocab()
+    return int(vocab["<|im_end|>"]) if "<|im_end|>" in vocab else int(tokenizer.eos_token_id)
+
+
+# ---- prompts exactly as the runner renders them -----------------------------------------------------------------
+
+
+class Renderer:
+    """The LLM seat's prompt ids for an observation, as :class:`WerewolfRunner` makes them for an engine with
+    this tokenizer and context (messages from the policy, cut to ``max_context - max_tokens`` when too long)."""
+
+    def __init__(self, tokenizer: Any, max_context: int | None, llm: Any, name: str = "model"):
+        from turngym.agents.engines.prompts import PromptEncoder
+
+        self.tokenizer, self.max_context, self.llm = tokenizer, max_context, llm
+        self.encoder = PromptEncoder(tokenizer, len(tokenizer), name)
+        self.eos = _eos_id(tokenizer)
+
+    def prompt(self, observation: str) -> tuple[list[dict[str, str]], list[int], int]:
+        messages = self.llm.messages(observation)
+        ids = self.encoder.render(messages)
+        left_out = 0
+        limit = self.max_context
+        if limit and len(ids) + self.llm.sampling.max_tokens > limit:
+            messages, left_out = self.llm.fit(observation, lambda m: len(self.encoder.render(m)),
+                                              limit - self.llm.sampling.max_tokens)
+            ids = self.encoder.render(messages)
+        return messages, ids, left_out
+
+    def target(self, action: str) -> list[int]:
+        return [int(i) for i in self.tokenizer(action, add_special_tokens=False)["input_ids"]] + [self.eos]
+
+
+class ReplayEngine:
+    """An engine that answers each prompt with the recorded target for those exact prompt ids (the record's
+    contract check); a prompt it was not given raises."""
+
+    name = "replay"
+
+    def __init__(self, renderer: Renderer, trajectories: list[Any]):
+        self.renderer = renderer
+        self.max_context = renderer.max_context
+        self.answers: dict[tuple[int, ...], list[list[int]]] = defaultdict(list)
+        for t in trajectories:
+            for s in t.steps:
+                self.answers[tuple(s.prompt_ids)].append(list(s.response_ids))
+
+    def render(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+        return self.renderer.encoder.render(messages)
+
+    def generate(self, prompts: list[Any], sampling: Any, on_text: Any = None) -> list[Any]:
+        from turngym.agents.types import Completion
+
+        out = []
+        for p in prompts:
+            ids = self.renderer.encoder.prompt_ids(p)
+            queue = self.answers.get(tuple(ids))
+            if not queue:
+                raise AssertionError("the replay asked a prompt that is not in the recorded data: the SFT prompts "
+                                     "differ from what an LLM seat is asked")
+            reply = queue.pop(0)
+            text = self.renderer.tokenizer.decode(reply[:-1])
+            out.append(Completion(text=text, token_ids=reply, finish_reason="stop", prompt_ids=list(ids)))
+        return out
+
+
+def village_data(result: Any, renderer: Renderer) -> list[Any]:
+    """The village seats' non-empty trajectories of an all-rule run, each turn rendered as the LLM seat's
+    request (prompt messages and ids from the seat's own observation) with the bot's action as the target."""
+    trajs = []
+    for t in result.trajectories:
+        if t.meta.get("team") != "village" or not t.steps:
+            continue
+        for s in t.steps:
+            messages, ids, left_out = renderer.prompt(s.observation)
+            s.prompt, s.prompt_ids = messages, ids
+            s.response = s.action
+            s.response_ids, s.response_logprobs = renderer.target(s.action), None
+            if left_out:
+                s.info["transcript_lines_left_out"] = left_out
+        t.agent = "rule-as-llm"
+        trajs.append(t)
+    return trajs
+
+
+def replay_check(trajs: list[Any], renderer: Renderer, preset: str, seeds: list[int],
+                 games: list[Any]) -> dict[str, Any]:
+    """Replay the recorded deals with the village answered from the data (see the module docstring)."""
+    from turngym.agents.werewolf_runner import WerewolfRunner
+
+    engine = ReplayEngine(renderer, trajs)
+    result = WerewolfRunner(engine, lineup=EVAL_LINEUP, preset=preset, llm=renderer.llm,
+                            max_concurrent=len(seeds) or 1).run(seeds)
+    steps = [s for t in result.trajectories for s in t.steps]
+    recorded = {g.seed: g.winner for g in games}
+    same = sum(recorded.get(g.seed) == g.winner for g in result.games)
+    played = {t.meta["seat"] + f"|{t.seed}": [s.action for s in t.steps] for t in result.trajectories}
+    wanted = {t.meta["seat"] + f"|{t.seed}": [s.action for s in t.steps] for t in trajs}
+    return {"turns": len(steps), "accepted": sum(bool(s.action_valid) for s in steps),
+            "parsed": sum(bool(s.info.get("format_ok")) for s in steps),
+            "same_actions": sum(played.get(k) == v for k, v in wanted.items()), "trajectories": len(wanted),
+            "same_winner": same, "games": len(result.games),
+            "unused_prompts": sum(len(q) for q in engine.answers.values())}
+
+
+def record(out: Path, games: int, preset: str, renderer: Renderer) -> dict[str, Any]:
+    from turngym.agents.types import save_trajectories
+    from turngym.agents.werewolf_runner import WerewolfRunner
+
+    data_dir = out / "data"
+    done = _read_json(data_dir / "record.json")
+    if done and (data_dir / "village.jsonl").is_file() and done.get("games") == games and done.get("preset") == preset:
+        print(f"record: done ({done['trajectories']} village trajectories, {done['turns']} turns)", flush=True)
+        return done
+    t0 = time.perf_counter()
+    seeds = [RECORD_SEED + k for k in range(games)]
+    result = WerewolfRunner(None, lineup="rule", preset=preset, record_bots=True, max_concurrent=32).run(seeds)
+    trajs = village_data(result, renderer)
+    replay = replay_check(trajs, renderer, preset, seeds, result.games)
+    ok = (replay["accepted"] == replay["turns"] == replay["parsed"] and replay["same_actions"] ==
+          replay["trajectories"] and replay["same_winner"] == replay["games"] and replay["unused_prompts"] == 0)
+    if not ok:
+        raise RuntimeError(f"the recorded village data failed its replay check: {replay}")
+    save_trajectories(trajs, data_dir / "village.jsonl")
+    turns = sum(len(t.steps) for t in trajs)
+    done = {"games": games, "preset": preset, "seeds": [seeds[0], seeds[-1]], "trajectories": len(trajs),
+            "won_trajectories": sum(bool(t.won) for t in trajs), "turns": turns,
+            "village_wins": sum(g.winner == "village" for g in result.games),
+            "target_tokens": sum(len(s.response_ids) for t in trajs for s in t.steps),
+            "prompt_tokens": sum(len(s.prompt_ids) for t in trajs for s in t.steps),
+            "actions": dict(sorted(_count(s.action.split(":")[0] for t in trajs for s in t.steps).items())),
+            "replay": replay, "file": str(data_dir / "village.jsonl"), "seconds": time.perf_counter() - t0}
+    _write_json(data_dir / "record.json", done)
+    print(f"record: {games} rule games, {len(trajs)} village trajectories, {turns} turns; replay accepted "
+          f"{replay['accepted']}/{replay['turns']} ({done['seconds']:.0f} s)", flush=True)
+    return done
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for x in items:
+        out[x] += 1
+    return dict(out)
+
+
+# ---- SFT ------------------------------------------------------------------------------------------------------
+
+
+def sft(out: Path, base: str, data: str, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    from turngym.trainers.config import SFTConfig, load_config
+    from turngym.trainers.sft import SFTTrainer
+
+    sft_dir = out / "sft"
+    done = _read_json(sft_dir / "sft.json")
+    if done and Path(done["checkpoint"], "config.json").is_file():
+        print(f"SFT: done ({done['checkpoint']})", flush=True)
+        return done
+    shutil.rmtree(sft_dir, ignore_errors=True)  # a half-finished SFT restarts
+    overrides = [f"model.path={base}", f"env.id={ENV_ID}", "agent.name=werewolf", f"data.source={data}",
+                 f"data.only_won={str(bool(args.only_won)).lower()}", f"data.epochs={args.epochs}",
+                 f"data.batch_size={args.batch_size}", f"optim.lr={args.lr}", f"run.dir={sft_dir}",
+                 "run.eval_tasks=0", "run.save_rollouts=false", "run.progress=false", "run.tensorboard=false",
+                 "run.keep_checkpoints=1", "run.seed=0"]
+    if args.threads or quick:
+        overrides.append(f"run.threads={args.threads or 1}")
+    cfg = load_config(SFTConfig, None, overrides)
+    t0 = time.perf_counter()
+    result = SFTTrainer(cfg).train()
+    from turngym.trainers.runlog import read_metrics
+
+    nll = [r["nll"] for r in read_metrics(sft_dir) if r.get("kind") == "train"]
+    done = {"checkpoint": result["checkpoint"], "episodes": result["episodes"], "samples": result["samples"],
+            "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "only_won": bool(args.only_won),
+            "nll_first": nll[0] if nll else None, "nll_last": nll[-1] if nll else None,
+            "seconds": time.perf_counter() - t0}
+    _write_json(sft_dir / "sft.json", done)
+    print(f"SFT: {done['episodes']} trajectories, {done['samples']} samples, nll {done['nll_first']:.3f} -> "
+          f"{done['nll_last']:.3f}, {done['seconds']:.0f} s -> {done['checkpoint']}", flush=True)
+    return done
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------------
+
+
+def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, preset: str) -> dict[str, Any]:
+    """The village (``model`` as the LLM, or the rule bots when None) against rule wolves on deals 0..N-1,
+    appended to OUT/eval/NAME/games.jsonl chunk by chunk (a rerun plays only the deals not there yet)."""
+    from turngym.agents.evaluation import wilson_interval
+    from turngym.agents.werewolf_runner import WerewolfLLMPolicy, WerewolfRunner
+
+    eval_dir = out / "eval" / name
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    setting = {"model": model, "preset": preset, "dtype": args.dtype if model else None,
+               "temperature": args.temperature if model else None, "max_tokens": args.max_tokens if model else None}
+    meta = _read_json(eval_dir / "setting.json")
+    games_file = eval_dir / "games.jsonl"
+    if meta != setting:  # another model or setting: start over
+        games_file.unlink(missing_ok=True)
+        _write_json(eval_dir / "setting.json", setting)
+    rows = [json.loads(line) for line in games_file.read_text().splitlines() if line.strip()] \
+        if games_file.is_file() else []
+    have = {r["seed"] for r in rows}
+    todo = [s for s in range(args.eval_games) if s not in have]
+    engine = None
+    if todo and model is not None:
+        from turngym.agents.engines.hf import HFEngine
+
+        engine = HFEngine(model, dtype=args.dtype, progress=False)
+    chunk = max(1, args.max_concurrent)
+    if todo:
+        print(f"eval {name}: {len(todo)} of {args.eval_games} games to play", flush=True)
+    for start in range(0, len(todo), chunk):
+        seeds = todo[start:start + chunk]
+        t0 = time.perf_counter()
+        runner = WerewolfRunner(engine, lineup=EVAL_LINEUP if model else "rule", preset=preset,
+                                llm=WerewolfLLMPolicy(temperature=args.temperature, max_tokens=args.max_tokens),
+                                max_concurrent=chunk)
+        result = runner.run(seeds)
+        seconds = time.perf_counter() - t0
+        per_seed: dict[int, list[Any]] = defaultdict(list)
+        for t in result.trajectories:
+            per_seed[int(t.seed)].extend(t.steps)
+        with games_file.open("a") as f:
+            for g in result.games:
+                steps = per_seed.get(g.seed, [])
+                f.write(json.dumps({"seed": g.seed, "winner": g.winner, "steps": g.steps, "truncated": g.truncated,
+                                    "llm_turns": len(steps), "llm_invalid": sum(not s.action_valid for s in steps),
+                                    "llm_unparsed": sum(not s.info.get("format_ok", True) for s in steps),
+                                    "seconds": seconds / len(result.games)}) + "\n")
+        print(f"  eval {name}: {start + len(seeds)}/{len(todo)} games ({seconds:.0f} s for {len(seeds)})", flush=True)
+    rows = [json.loads(line) for line in games_file.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["seed"] < args.eval_games]
+    n = len(rows)
+    wins = sum(r["winner"] == "village" for r in rows)
+    lo, hi = wilson_interval(wins, n)
+    turns = sum(r["llm_turns"] for r in rows)
+    return {"name": name, **setting, "games": n, "village_wins": wins, "village_win_rate": wins / n if n else None,
+            "ci95": [lo, hi], "draws": sum(r["winner"] == "draw" for r in rows), "llm_turns": turns,
+            "invalid_rate": sum(r["llm_invalid"] for r in rows) / turns if turns else None,
+            "unparsed_rate": sum(r["llm_unparsed"] for r in rows) / turns if turns else None,
+            "seconds": sum(r["seconds"] for r in rows), "seconds_per_game": sum(r["seconds"] for r in rows) / n
+            if n else None}
+
+
+def _pct(x: float | None) -> str:
+    return "    -" if x is None else f"{x * 100:5.1f}%"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    labels = {"rule": "rule village", "base": "LLM before (base)", "sft": "LLM after (SFT)"}
+    print(f"\nvillage vs rule wolves, Wilson 95% CI:\n{'village':20s} {'games':>5s}  {'win rate':22s} "
+          f"{'invalid':>8s} {'unparsed':>8s} {'s/game':>7s}")
+    for r in rows:
+        ci = f"{_pct(r['village_win_rate'])} [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}]"
+        spg = f"{r['seconds_per_game']:7.1f}" if r["seconds_per_game"] is not None else "      -"
+        print(f"{labels.get(r['name'], r['name']):20s} {r['games']:5d}  {ci:22s} {_pct(r['invalid_rate']):>8s} "
+              f"{_pct(r['unparsed_rate']):>8s} {spg}")
+
+
+# ---- --quick's tiny model ---------------------------------------------------------------------------------------
+
+
+def tiny_base(path: Path, preset: str) -> str:
+    """--quick's base model, saved once to ``path``: a byte-level BPE trained on Werewolf text and a random
+    2-layer Llama with a long context (the small vocabulary makes transcripts long)."""
+    if (path / "config.json").is_file():
+        return str(path)
+    from turngym.agents.werewolf_runner import SYSTEM_PROMPT, WerewolfRunner
+    from turngym.testing import tiny_bpe_tokenizer, tiny_llama
+
+    sample = WerewolfRunner(None, lineup="rule", preset=preset, record_bots=True).run([RECORD_SEED - 1])
+    corpus = [SYSTEM_PROMPT] + [s.observation + "\n" + s.action for t in sample.trajectories for s in t.steps[-2:]]
+    tok = tiny_bpe_tokenizer(corpus, vocab_size=600, pad_token="<|endoftext|>")
+    model = tiny_llama(tok, hidden=32, max_positions=16384, init=0.02, seed=0, eval_mode=False)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _load_tokenizer(model: str) -> tuple[Any, int | None]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from turngym.agents.engines.default_model import resolve_model
+
+    path = resolve_model(model, progress=False)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    return (AutoTokenizer.from_pretrained(path, local_files_only=True),
+            getattr(config, "max_position_embeddings", None))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="results/werewolf_learn", help="folder for data/, sft/, eval/ and results.json")
+    p.add_argument("--model", default="default", help="the base model (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--preset", default=PRESET, help=f"rules preset of every phase (default {PRESET})")
+    p.add_argument("--games", type=int, default=None, help=f"recorded rule games (default {DEFAULTS['games']})")
+    p.add_argument("--only-won", action="store_true", help="SFT on the won games' village seats only")
+    p.add_argument("--epochs", type=int, default=None, help=f"SFT epochs (default {DEFAULTS['epochs']})")
+    p.add_argument("--lr", type=float, default=None, help=f"SFT learning rate (default {DEFAULTS['lr']})")
+    p.add_argument("--batch-size", type=int, default=None, help="SFT samples per step (default 8)")
+    p.add_argument("--eval-games", type=int, default=None,
+                   help=f"evaluation deals, the same for every row (default {DEFAULTS['eval_games']})")
+    p.add_argument("--skip", default="", help="comma list of evaluation rows not to play now: rule, base, sft")
+    p.add_argument("--dtype", default="float32", help="the evaluation engine's weights: float32 (default), bfloat16")
+    p.add_argument("--temperature", type=float, default=0.7, help="LLM seats' sampling temperature (default 0.7)")
+    p.add_argument("--max-tokens", type=int, default=None, help="LLM seats' reply budget (default 96)")
+    p.add_argument("--max-concurrent", type=int, default=8,
+                   help="games in flight, and the evaluation's resume chunk (default 8)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the SFT (0: the trainer's default)")
+    p.add_argument("--quick", action="store_true", help="tiny random model, 2 recorded games, 1 epoch, 2 eval games")
+    args = p.parse_args(argv)
+    base_defaults = QUICK if args.quick else DEFAULTS
+    for key in ("games", "epochs", "eval_games", "lr", "batch_size"):
+        if getattr(args, key) is None:
+            setattr(args, key, base_defaults[key])
+    if args.max_tokens is None:
+        args.max_tokens = QUICK["max_tokens"] if args.quick else 96
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if unknown := skip - set(ROWS):
+        p.error(f"--skip: unknown rows {sorted(unknown)} (use {', '.join(ROWS)})")
+
+    from turngym.threads import configure
+
+    configure()  # OpenMP's settings, before torch loads
+    import warnings
+
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    transformers.utils.logging.disable_progress_bar()
+    if args.quick:
+        import torch
+
+        torch.set_num_threads(1)
+    from turngym.agents.werewolf_runner import WerewolfLLMPolicy
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    base = tiny_base(out / "base", args.preset) if args.quick else args.model
+    tok, max_context = _load_tokenizer(base)
+    renderer = Renderer(tok, max_context, WerewolfLLMPolicy(temperature=args.temperature, max_tokens=args.max_tokens))
+    rec = record(out, args.games, args.preset, renderer)
+    tuned = sft(out, base, rec["file"], args, args.quick)
+    rows = []
+    for name, model in (("rule", None), ("base", base), ("sft", tuned["checkpoint"])):
+        if name in skip:
+            continue
+        r = evaluate(name, model, out, args, args.preset)
+        rows.append(r)
+    result = {"env": ENV_ID, "lineup": EVAL_LINEUP, "preset": args.preset, "base_model": base,
+              "eval_games": args.eval_games, "eval_seeds": [0, args.eval_games - 1], "dtype": args.dtype,
+              "temperature": args.temperature, "max_tokens": args.max_tokens, "quick": args.quick,
+              "record": rec, "sft": tuned, "rows": rows, "session_seconds": time.perf_counter() - t0}
+    _write_json(out / "results.json", result)
+    print_table(rows)
+    print(f"wrote {out / 'results.json'} ({result['session_seconds']:.0f} s this session)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""benchmarks/werewolf_learn --quick: record rule games, SFT a tiny model, evaluate; the data's contracts; resuming."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+pytest.importorskip("pettingzoo")
+pytest.importorskip("transformers")
+
+ROLE_WORDS = ("werewolf", "seer", "doctor", "villager")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    from turngym.benchmarks import werewolf_learn
+
+    out = tmp_path_factory.mktemp("werewolf_learn")
+    assert werewolf_learn.main(["--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_results_structure(quick_run):
+    result = json.loads((quick_run / "results.json").read_text())
+    assert result["quick"] and result["lineup"] == "village=llm,wolves=rule" and result["eval_games"] == 2
+    assert [r["name"] for r in result["rows"]] == ["rule", "base", "sft"]
+    for r in result["rows"]:
+        assert r["games"] == 2 and 0 <= r["village_win_rate"] <= 1
+        lo, hi = r["ci95"]
+        assert 0 <= lo <= r["village_win_rate"] <= hi <= 1
+    rule, base, sft = result["rows"]
+    assert rule["llm_turns"] == 0 and rule["invalid_rate"] is None and rule["model"] is None
+    for r in (base, sft):
+        assert r["llm_turns"] > 0 and 0 <= r["invalid_rate"] <= 1 and 0 <= r["unparsed_rate"] <= 1
+    assert sft["model"] == result["sft"]["checkpoint"] and base["model"] == result["base_model"]
+    rec = result["record"]
+    assert rec["games"] == 2 and rec["trajectories"] > 0 and rec["turns"] > 0
+    replay = rec["replay"]
+    assert replay["accepted"] == replay["parsed"] == replay["turns"] == rec["turns"]
+    assert result["sft"]["samples"] > 0 and result["sft"]["episodes"] == rec["trajectories"]  # all games kept
+
+
+def _renderer(out):
+    from transformers import AutoTokenizer
+
+    from turngym.agents.werewolf_runner import WerewolfLLMPolicy
+    from turngym.benchmarks.werewolf_learn import Renderer
+
+    result = json.loads((out / "results.json").read_text())
+    tok = AutoTokenizer.from_pretrained(out / "base")
+    return Renderer(tok, 16384, WerewolfLLMPolicy(temperature=result["temperature"],
+                                                   max_tokens=result["max_tokens"])), result
+
+
+def test_sft_data_is_valid_play_from_the_seat_view(quick_run):
+    """The contract: every recorded village target parses into the bot's action, the env accepts it when the
+    deals are replayed with the village answered from the data, and every prompt is built from the seat's own
+    observation only (no other seat's role or private talk)."""
+    from turngym.agents.types import load_trajectories
+    from turngym.agents.werewolf_runner import WerewolfLLMPolicy
+    from turngym.benchmarks.werewolf_learn import RECORD_SEED, replay_check
+
+    renderer, result = _renderer(quick_run)
+    trajs = load_trajectories(quick_run / "data" / "village.jsonl")
+    assert trajs and all(t.meta["team"] == "village" and t.steps for t in trajs)
+    eos = renderer.eos
+    for t in trajs:
+        role, seat = t.meta["role"], t.meta["seat"]
+        for s in t.steps:
+            assert s.action_valid
+            assert s.response_ids[-1] == eos
+            text = renderer.tokenizer.decode(s.response_ids[:-1])
+            assert WerewolfLLMPolicy.parse(text) == (s.action, True)
+            assert s.prompt_ids == renderer.prompt(s.observation)[1]
+            lines = s.observation.partition("\n\nTranscript:\n")[2].split("\n\n")[0].split("\n")
+            for line in lines:
+                tag = re.match(r"^\[([^\]]*)\]", line)
+                assert tag, line
+                scope = tag.group(1).partition("|")[2].strip()
+                assert scope in ("", "only you"), f"{seat} sees a line meant for others: {line}"
+                if scope == "only you" and role != "seer":
+                    others = [w for w in ROLE_WORDS if w != role and w in line.lower()]
+                    assert not others, f"{seat} ({role}) got a private line naming a role: {line}"
+            assert f"You are {seat}." in s.observation
+    seeds = [RECORD_SEED + k for k in range(result["record"]["games"])]
+    from types import SimpleNamespace
+
+    games = [SimpleNamespace(seed=sd, winner=w) for sd, w in
+             {t.seed: t.meta["winner"] for t in trajs}.items()]
+    replay = replay_check(trajs, renderer, result["preset"], seeds, games)
+    assert replay["turns"] == replay["accepted"] == replay["parsed"] > 0
+    assert replay["same_actions"] == replay["trajectories"] and replay["unused_prompts"] == 0
+
+
+def test_second_run_skips_finished_phases(quick_run, capsys):
+    from turngym.benchmarks import werewolf_learn
+
+    before = json.loads((quick_run / "results.json").read_text())
+    capsys.readouterr()
+    assert werewolf_learn.main(["--quick", "--out", str(quick_run)]) == 0
+    printed = capsys.readouterr().out
+    assert "record: done" in printed and "SFT: done" in printed
+    assert "games to play" not in printed
+    after = json.loads((quick_run / "results.json").read_text())
+    assert after["rows"] == before["rows"] and after["sft"] == before["sft"]
