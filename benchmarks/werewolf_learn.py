@@ -44,23 +44,32 @@ session, on a GPU say, picks up where the last one stopped):
    evaluation resumes at the next unplayed deal. Per row: the village's win
    rate with a Wilson 95% interval and the LLM seats' invalid-action rate
    (the env's verdict on each turn) and unparsable-reply rate.
-4. Self-play RL from the SFT checkpoint is not part of this module yet
-   (``turngym.trainers.selfplay`` is there; its cost on CPU is the open part).
+4. Optional self-play (``--selfplay-iterations N``, default 0: off;
+   ``OUT/selfplay``): N iterations of the self-play recipe
+   (``configs/selfplay_werewolf.yaml``, GRPO; ``--selfplay-lineup``, default
+   ``all=llm``: the policy plays every seat) from the SFT checkpoint on the
+   study's preset, resumed from its newest checkpoint, then evaluated as a
+   fourth row like the others. Off by default: on CPU one iteration of 4
+   SmolLM2 games costs minutes (see the cost below) and nothing here has
+   measured what it buys yet.
 
 Writes ``OUT/results.json`` (setting, record, SFT, rows) and prints a table:
 rule village, LLM before (base), LLM after (SFT).
 
 Setting and cost: the default preset is ``lspo7`` (7 players, no bidding:
-about 15 village turns a game against about 106 on ``arena8``, where the
-rule village also wins more), the rules the self-play trainer uses too;
-``--preset arena8`` is the ``turngym bench`` default. On this 2-core CPU
-(SmolLM2-135M) the measured cost of ONE evaluation game is in the README of
-this study's results (see the report of issue 23); ``turngym bench --env
-werewolf --agents village=llm,wolves=rule -n 8`` on arena8 in float32 did not
-finish 8 games in 10 minutes. ``--dtype bfloat16`` (engine weights in bf16;
-prefill about 3x faster on AMX CPUs) is the cheaper documented setting; it
-changes the numbers' setting, which ``results.json`` records. A GPU is used
-by itself when there is one.
+about 15 village turns a game against about 106 on ``arena8``), the rules
+the self-play trainer uses too; ``--preset arena8`` is the ``turngym bench``
+default. Measured on the 2-core CPU of issue 23 (SmolLM2-135M-Instruct):
+recording 64 lspo7 games with the replay check takes 5 s (280 village
+trajectories, 1005 turns, 671k prompt tokens, 7.7k target tokens; the rule
+village won 13 of the 64); the SFT then trains on about 680k tokens per
+epoch. Evaluation is the cost: ``turngym bench --env werewolf --agents
+village=llm,wolves=rule -n 8`` on arena8 in float32 did not finish 8 games
+in 10 minutes (75 s a game or more), so 200 arena8 games take over 4 hours
+per model; lspo7 games are shorter (not timed yet). ``--dtype bfloat16`` (the evaluation
+engine's weights in bf16; prefill about 3x faster on AMX CPUs) is the cheaper
+setting; ``results.json`` records which setting its numbers come from. A GPU
+is used by itself when there is one.
 
 This module depends on the trainer (``turngym.trainers``), the Werewolf
 runner (``turngym.agents``), the env and ``turngym.testing`` (``--quick``'s
@@ -84,7 +93,8 @@ RECORD_SEED = 1_000_000
 PRESET = "lspo7"
 DEFAULTS = {"games": 64, "epochs": 2, "eval_games": 200, "lr": 5e-5, "batch_size": 8}
 QUICK = {"games": 2, "epochs": 1, "eval_games": 2, "lr": 1e-3, "batch_size": 8, "max_tokens": 8}
-ROWS = ("rule", "base", "sft")
+ROWS = ("rule", "base", "sft", "selfplay")
+SELFPLAY_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "selfplay_werewolf.yaml"
 
 
 def _read_json(path: Path) -> Any:
@@ -189,31 +199,41 @@ def village_data(result: Any, renderer: Renderer) -> list[Any]:
 
 def replay_check(trajs: list[Any], renderer: Renderer, preset: str, seeds: list[int],
                  games: list[Any]) -> dict[str, Any]:
-    """Replay the recorded deals with the village answered from the data (see the module docstring)."""
+    """Replay the recorded deals with the village answered from the data (see the module docstring), one deal
+    at a time (two deals can ask a seat the same first question, which the bots answered differently)."""
     from turngym.agents.werewolf_runner import WerewolfRunner
 
-    engine = ReplayEngine(renderer, trajs)
-    result = WerewolfRunner(engine, lineup=EVAL_LINEUP, preset=preset, llm=renderer.llm,
-                            max_concurrent=len(seeds) or 1).run(seeds)
-    steps = [s for t in result.trajectories for s in t.steps]
+    by_seed: dict[int, list[Any]] = defaultdict(list)
+    for t in trajs:
+        by_seed[int(t.seed)].append(t)
     recorded = {g.seed: g.winner for g in games}
-    same = sum(recorded.get(g.seed) == g.winner for g in result.games)
-    played = {t.meta["seat"] + f"|{t.seed}": [s.action for s in t.steps] for t in result.trajectories}
-    wanted = {t.meta["seat"] + f"|{t.seed}": [s.action for s in t.steps] for t in trajs}
-    return {"turns": len(steps), "accepted": sum(bool(s.action_valid) for s in steps),
-            "parsed": sum(bool(s.info.get("format_ok")) for s in steps),
-            "same_actions": sum(played.get(k) == v for k, v in wanted.items()), "trajectories": len(wanted),
-            "same_winner": same, "games": len(result.games),
-            "unused_prompts": sum(len(q) for q in engine.answers.values())}
+    wanted = {f"{t.meta['seat']}|{t.seed}": [s.action for s in t.steps] for t in trajs}
+    played: dict[str, list[str]] = {}
+    out = {"turns": 0, "accepted": 0, "parsed": 0, "same_winner": 0, "games": 0, "unused_prompts": 0}
+    for seed in seeds:
+        engine = ReplayEngine(renderer, by_seed.get(seed, []))
+        result = WerewolfRunner(engine, lineup=EVAL_LINEUP, preset=preset, llm=renderer.llm).run([seed])
+        steps = [s for t in result.trajectories for s in t.steps]
+        out["turns"] += len(steps)
+        out["accepted"] += sum(bool(s.action_valid) for s in steps)
+        out["parsed"] += sum(bool(s.info.get("format_ok")) for s in steps)
+        out["same_winner"] += sum(recorded.get(g.seed) == g.winner for g in result.games)
+        out["games"] += len(result.games)
+        out["unused_prompts"] += sum(len(q) for q in engine.answers.values())
+        played.update({f"{t.meta['seat']}|{t.seed}": [s.action for s in t.steps] for t in result.trajectories})
+    out["same_actions"] = sum(played.get(k) == v for k, v in wanted.items())
+    out["trajectories"] = len(wanted)
+    return out
 
 
-def record(out: Path, games: int, preset: str, renderer: Renderer) -> dict[str, Any]:
+def record(out: Path, games: int, preset: str, renderer: Renderer, model: str) -> dict[str, Any]:
     from turngym.agents.types import save_trajectories
     from turngym.agents.werewolf_runner import WerewolfRunner
 
     data_dir = out / "data"
     done = _read_json(data_dir / "record.json")
-    if done and (data_dir / "village.jsonl").is_file() and done.get("games") == games and done.get("preset") == preset:
+    key = {"games": games, "preset": preset, "model": model, "max_tokens": renderer.llm.sampling.max_tokens}
+    if done and (data_dir / "village.jsonl").is_file() and done.get("key") == key:
         print(f"record: done ({done['trajectories']} village trajectories, {done['turns']} turns)", flush=True)
         return done
     t0 = time.perf_counter()
@@ -227,7 +247,7 @@ def record(out: Path, games: int, preset: str, renderer: Renderer) -> dict[str, 
         raise RuntimeError(f"the recorded village data failed its replay check: {replay}")
     save_trajectories(trajs, data_dir / "village.jsonl")
     turns = sum(len(t.steps) for t in trajs)
-    done = {"games": games, "preset": preset, "seeds": [seeds[0], seeds[-1]], "trajectories": len(trajs),
+    done = {"key": key, "games": games, "preset": preset, "seeds": [seeds[0], seeds[-1]], "trajectories": len(trajs),
             "won_trajectories": sum(bool(t.won) for t in trajs), "turns": turns,
             "village_wins": sum(g.winner == "village" for g in result.games),
             "target_tokens": sum(len(s.response_ids) for t in trajs for s in t.steps),
@@ -250,16 +270,20 @@ def _count(items: Any) -> dict[str, int]:
 # ---- SFT ------------------------------------------------------------------------------------------------------
 
 
-def sft(out: Path, base: str, data: str, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+def sft(out: Path, base: str, data: str, turns: int, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
     from turngym.trainers.config import SFTConfig, load_config
     from turngym.trainers.sft import SFTTrainer
 
     sft_dir = out / "sft"
     done = _read_json(sft_dir / "sft.json")
-    if done and Path(done["checkpoint"], "config.json").is_file():
+    inputs = {"data_turns": turns, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+              "only_won": bool(args.only_won)}
+    if done and Path(done["checkpoint"], "config.json").is_file() and done.get("inputs") == inputs:
         print(f"SFT: done ({done['checkpoint']})", flush=True)
         return done
-    shutil.rmtree(sft_dir, ignore_errors=True)  # a half-finished SFT restarts
+    # a half-finished or outdated SFT restarts, and what was made from it goes
+    for stale in (sft_dir, out / "eval" / "sft", out / "selfplay", out / "eval" / "selfplay"):
+        shutil.rmtree(stale, ignore_errors=True)
     overrides = [f"model.path={base}", f"env.id={ENV_ID}", "agent.name=werewolf", f"data.source={data}",
                  f"data.only_won={str(bool(args.only_won)).lower()}", f"data.epochs={args.epochs}",
                  f"data.batch_size={args.batch_size}", f"optim.lr={args.lr}", f"run.dir={sft_dir}",
@@ -273,13 +297,52 @@ def sft(out: Path, base: str, data: str, args: argparse.Namespace, quick: bool) 
     from turngym.trainers.runlog import read_metrics
 
     nll = [r["nll"] for r in read_metrics(sft_dir) if r.get("kind") == "train"]
-    done = {"checkpoint": result["checkpoint"], "episodes": result["episodes"], "samples": result["samples"],
-            "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "only_won": bool(args.only_won),
+    done = {"checkpoint": result["checkpoint"], "inputs": inputs, "episodes": result["episodes"],
+            "samples": result["samples"], "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "only_won": bool(args.only_won),
             "nll_first": nll[0] if nll else None, "nll_last": nll[-1] if nll else None,
             "seconds": time.perf_counter() - t0}
     _write_json(sft_dir / "sft.json", done)
     print(f"SFT: {done['episodes']} trajectories, {done['samples']} samples, nll {done['nll_first']:.3f} -> "
           f"{done['nll_last']:.3f}, {done['seconds']:.0f} s -> {done['checkpoint']}", flush=True)
+    return done
+
+
+# ---- self-play ------------------------------------------------------------------------------------------------
+
+
+def selfplay(out: Path, start: str, args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    """``--selfplay-iterations`` of RL self-play (``configs/selfplay_werewolf.yaml``: GRPO, one role across an
+    iteration's games) from the SFT checkpoint, on the study's preset; resumed from its newest checkpoint and
+    skipped when it finished that many iterations. The trainer's own evaluation is off: phase 3 evaluates."""
+    from turngym.trainers.config import RLConfig, load_config
+    from turngym.trainers.rl import RLTrainer
+
+    run_dir = out / "selfplay"
+    n = args.selfplay_iterations
+    done = _read_json(run_dir / "selfplay.json")
+    if done and (done.get("iterations"), done.get("start")) == (n, start) and \
+            Path(done["checkpoint"], "config.json").is_file():
+        print(f"self-play: done ({done['checkpoint']})", flush=True)
+        return done
+    kwargs = f"{{preset: {args.preset}, lineup: '{args.selfplay_lineup}', eval_lineup: '{EVAL_LINEUP}'}}"
+    overrides = [f"model.path={start}", f"env.kwargs={kwargs}", f"run.dir={run_dir / 'train'}", f"run.iterations={n}",
+                 "run.save_every=1", "run.keep_checkpoints=1", "run.eval_tasks=0", "run.eval_every=0",
+                 "run.progress=false", "run.tensorboard=false", "run.save_rollouts=false", "run.seed=0"]
+    if quick:
+        overrides += [f"agent.max_tokens={args.max_tokens}", "rollout.tasks_per_iter=1", "rollout.group_size=2",
+                      "run.threads=1"]
+    cfg = load_config(RLConfig, str(SELFPLAY_RECIPE), overrides)
+    t0 = time.perf_counter()
+    trainer = RLTrainer(cfg, resume=True)
+    trainer.train()
+    final = trainer.run_dir / f"checkpoint-{trainer.iteration_done}"
+    from turngym.trainers.runlog import read_metrics
+
+    train = [r for r in read_metrics(run_dir / "train") if r.get("kind") == "train"]
+    done = {"checkpoint": str(final), "start": start, "iterations": n, "lineup": args.selfplay_lineup,
+            "train_seconds": sum(r.get("time_total", 0.0) for r in train), "session_seconds": time.perf_counter() - t0}
+    _write_json(run_dir / "selfplay.json", done)
+    print(f"self-play: {n} iterations -> {final}", flush=True)
     return done
 
 
@@ -351,7 +414,8 @@ def _pct(x: float | None) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    labels = {"rule": "rule village", "base": "LLM before (base)", "sft": "LLM after (SFT)"}
+    labels = {"rule": "rule village", "base": "LLM before (base)", "sft": "LLM after (SFT)",
+              "selfplay": "LLM SFT + self-play"}
     print(f"\nvillage vs rule wolves, Wilson 95% CI:\n{'village':20s} {'games':>5s}  {'win rate':22s} "
           f"{'invalid':>8s} {'unparsed':>8s} {'s/game':>7s}")
     for r in rows:
@@ -412,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-concurrent", type=int, default=8,
                    help="games in flight, and the evaluation's resume chunk (default 8)")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the SFT (0: the trainer's default)")
+    p.add_argument("--selfplay-iterations", type=int, default=0,
+                   help="RL self-play iterations from the SFT checkpoint, evaluated as a 4th row (default 0: none)")
+    p.add_argument("--selfplay-lineup", default="all=llm", help="who the policy plays in self-play (default all=llm)")
     p.add_argument("--quick", action="store_true", help="tiny random model, 2 recorded games, 1 epoch, 2 eval games")
     args = p.parse_args(argv)
     base_defaults = QUICK if args.quick else DEFAULTS
@@ -445,10 +512,14 @@ def main(argv: list[str] | None = None) -> int:
     base = tiny_base(out / "base", args.preset) if args.quick else args.model
     tok, max_context = _load_tokenizer(base)
     renderer = Renderer(tok, max_context, WerewolfLLMPolicy(temperature=args.temperature, max_tokens=args.max_tokens))
-    rec = record(out, args.games, args.preset, renderer)
-    tuned = sft(out, base, rec["file"], args, args.quick)
+    rec = record(out, args.games, args.preset, renderer, base)
+    tuned = sft(out, base, rec["file"], rec["turns"], args, args.quick)
+    played = selfplay(out, tuned["checkpoint"], args, args.quick) if args.selfplay_iterations > 0 else None
+    models = [("rule", None), ("base", base), ("sft", tuned["checkpoint"])]
+    if played:
+        models.append(("selfplay", played["checkpoint"]))
     rows = []
-    for name, model in (("rule", None), ("base", base), ("sft", tuned["checkpoint"])):
+    for name, model in models:
         if name in skip:
             continue
         r = evaluate(name, model, out, args, args.preset)
@@ -456,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"env": ENV_ID, "lineup": EVAL_LINEUP, "preset": args.preset, "base_model": base,
               "eval_games": args.eval_games, "eval_seeds": [0, args.eval_games - 1], "dtype": args.dtype,
               "temperature": args.temperature, "max_tokens": args.max_tokens, "quick": args.quick,
-              "record": rec, "sft": tuned, "rows": rows, "session_seconds": time.perf_counter() - t0}
+              "record": rec, "sft": tuned, "selfplay": played, "rows": rows, "session_seconds": time.perf_counter() - t0}
     _write_json(out / "results.json", result)
     print_table(rows)
     print(f"wrote {out / 'results.json'} ({result['session_seconds']:.0f} s this session)")

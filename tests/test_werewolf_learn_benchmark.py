@@ -105,3 +105,15 @@ def test_second_run_skips_finished_phases(quick_run, capsys):
     assert "games to play" not in printed
     after = json.loads((quick_run / "results.json").read_text())
     assert after["rows"] == before["rows"] and after["sft"] == before["sft"]
+
+
+@pytest.mark.slow
+def test_selfplay_phase_adds_a_row(tmp_path):
+    """--selfplay-iterations 1 from the quick SFT checkpoint (about 2 minutes on 2 CPU cores: every seat's long
+    transcript is a training sample)."""
+    from turngym.benchmarks import werewolf_learn
+
+    assert werewolf_learn.main(["--quick", "--out", str(tmp_path), "--selfplay-iterations", "1"]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["rule", "base", "sft", "selfplay"]
+    assert result["selfplay"]["iterations"] == 1 and result["rows"][3]["model"] == result["selfplay"]["checkpoint"]
