@@ -364,8 +364,7 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
     if meta != setting:  # another model or setting: start over
         games_file.unlink(missing_ok=True)
         _write_json(eval_dir / "setting.json", setting)
-    rows = [json.loads(line) for line in games_file.read_text().splitlines() if line.strip()] \
-        if games_file.is_file() else []
+    rows = _read_games(games_file)
     have = {r["seed"] for r in rows}
     todo = [s for s in range(args.eval_games) if s not in have]
     engine = None
@@ -395,8 +394,7 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
                                     "llm_unparsed": sum(not s.info.get("format_ok", True) for s in steps),
                                     "seconds": seconds / len(result.games)}) + "\n")
         print(f"  eval {name}: {start + len(seeds)}/{len(todo)} games ({seconds:.0f} s for {len(seeds)})", flush=True)
-    rows = [json.loads(line) for line in games_file.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["seed"] < args.eval_games]
+    rows = [r for r in _read_games(games_file) if r["seed"] < args.eval_games]
     n = len(rows)
     wins = sum(r["winner"] == "village" for r in rows)
     lo, hi = wilson_interval(wins, n)
@@ -407,6 +405,22 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
             "unparsed_rate": sum(r["llm_unparsed"] for r in rows) / turns if turns else None,
             "seconds": sum(r["seconds"] for r in rows), "seconds_per_game": sum(r["seconds"] for r in rows) / n
             if n else None}
+
+
+def _read_games(path: Path) -> list[dict[str, Any]]:
+    """The finished games of an evaluation (a line torn by a kill is dropped, and its deal played again)."""
+    if not path.is_file():
+        return []
+    rows, seen = [], set()
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if r["seed"] not in seen:
+            seen.add(r["seed"])
+            rows.append(r)
+    return rows
 
 
 def _pct(x: float | None) -> str:
