@@ -45,13 +45,16 @@ with one row per run, losers included. With 3 seeds the only statistics are
 the per-seed differences, their mean and a labelled Student-t interval (n = 3:
 wide and indicative only); no test of significance.
 
-Cost (SmolLM2-135M, float32, 2 shared CPU cores): the README's
-``learn_smollm2`` measured about 3.4 minutes per GRPO iteration (32 episodes
-of 3-4 blocks, 2-step plans); with 4-5 blocks and up to 4-step plans expect
-about 4-6 minutes, so one 20-iteration run is roughly 1.5-2 hours plus about
-10 minutes of held-out evaluation (87 greedy episodes), and the whole study
-(SFT about 10 minutes, 6 runs) roughly 10-12 hours over as many sessions as
-it takes. A GPU, when there is one, is used by itself (``model.device=auto``).
+Cost (SmolLM2-135M, float32, 2 shared CPU cores), from a 1-iteration smoke
+(8-episode SFT, 16 episodes instead of 32): 385 s for 16 episodes, 140 s of
+generation and 244 s of update, with every episode at the 8-step limit (full
+context: 240k prompt tokens). A 32-episode iteration is then up to about 13
+minutes (less once episodes end early), so a 20-iteration run is roughly 2-4
+hours plus about 15 minutes of held-out evaluation (87 greedy episodes), the
+SFT (64 episodes, 2 epochs) about 15 minutes, and the whole study (6 runs)
+roughly 12-25 hours over as many sessions as it takes; each resumes where the
+last one stopped. A GPU, when there is one, is used by itself
+(``model.device=auto``).
 
 This module depends on the trainer (``turngym.trainers``), the env core and
 ``turngym.testing`` (``--quick``'s tiny model); nothing depends on it.
