@@ -72,6 +72,29 @@ def trainable_parameters(model: Any) -> list[Any]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def adamw(groups: Any, optim: Any) -> Any:
+    """torch's AdamW over ``groups`` (parameters or param-group dicts) with ``optim``'s lr, betas and weight decay.
+
+    Its fused kernel (one pass over each tensor instead of a dozen element-wise ops) where it applies: every
+    parameter a plain tensor (not FSDP2's DTensor shards) on a CPU or CUDA device. Same update within float
+    rounding; on SmolLM2-135M on 2 CPU cores one step takes ~0.3 s with the per-op loop, less fused
+    (``benchmarks``: trl_compare's update time).
+    """
+    import torch
+
+    groups = list(groups)
+    params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    plain = all(type(p) is torch.nn.Parameter or type(p) is torch.Tensor for p in params)
+    fused = bool(params) and plain and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    kwargs = {"lr": optim.lr, "betas": tuple(optim.betas), "weight_decay": optim.weight_decay}
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):  # a device/dtype mix the fused kernel refuses
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
+
+
 class Reference:
     """Reference-policy log-probs: the base model with LoRA adapters off, or a frozen copy of the start weights."""
 

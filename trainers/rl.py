@@ -151,7 +151,7 @@ class RLTrainer:
         # The loss of a micro-batch: the objective and the terms added to it, picked once.
         self.objective = OBJECTIVES[cfg.algo.objective]
 
-        from turngym.trainers.model import Reference, trainable_parameters
+        from turngym.trainers.model import Reference, adamw, trainable_parameters
 
         self.reference = Reference(self.model) if cfg.algo.kl_coef > 0 or cfg.algo.objective == "step_dpo" else None
         # Data parallel (before the optimizer: FSDP2 turns the parameters into shards); the loss's forward goes
@@ -165,8 +165,7 @@ class RLTrainer:
         if cfg.algo.objective == "tb":
             self.log_z = torch.nn.Parameter(torch.zeros((), dtype=torch.float32, device=self.device))
             groups.append({"params": [self.log_z], "lr": cfg.algo.tb_logz_lr, "weight_decay": 0.0})
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                           weight_decay=cfg.optim.weight_decay)
+        self.optimizer = adamw(groups, cfg.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         from turngym.trainers.update import PolicyUpdate
 

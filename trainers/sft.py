@@ -157,7 +157,7 @@ class SFTTrainer:
 
     def train(self) -> dict[str, Any]:
         from turngym.trainers.logprobs import sequence_logprobs
-        from turngym.trainers.model import trainable_parameters
+        from turngym.trainers.model import adamw, trainable_parameters
         from turngym.trainers.tokens import build_samples, collate, pack_microbatches, verify_samples
 
         torch, cfg = self.torch, self.cfg
@@ -166,8 +166,7 @@ class SFTTrainer:
         trajs = self.data()
         samples = build_samples(trajs, None, mode="auto", tokenizer=self.tokenizer)
         verify_samples(samples, trajs)
-        opt = torch.optim.AdamW(trainable_parameters(self.model), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                weight_decay=cfg.optim.weight_decay)
+        opt = adamw(trainable_parameters(self.model), cfg.optim)
         rng = np.random.default_rng(derive_seed(cfg.run.seed, 11))
         step = 0
         device = next(self.model.parameters()).device
