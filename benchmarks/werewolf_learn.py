@@ -25,8 +25,9 @@ session, on a GPU say, picks up where the last one stopped):
    enters a prompt. All games are kept, won or lost (``data.only_won=false``;
    ``--only-won`` turns rejection sampling on): the target is the rule
    village's valid play, which is the same policy in games it loses; keeping
-   only won games would drop most of the data (the rule village wins about 15%
-   on lspo7) and bias it towards easy deals. The record is then checked by
+   only won games would drop most of the data (the rule village won 13 of 64
+   recorded lspo7 games: 55 of 280 village trajectories) and bias it towards
+   easy deals. The record is then checked by
    replaying it: the same deals with the village played by an engine that
    answers every prompt with its recorded target. Every prompt must be one the
    LLM seat is really asked (token for token), every target must parse into
@@ -57,19 +58,25 @@ Writes ``OUT/results.json`` (setting, record, SFT, rows) and prints a table:
 rule village, LLM before (base), LLM after (SFT).
 
 Setting and cost: the default preset is ``lspo7`` (7 players, no bidding:
-about 15 village turns a game against about 106 on ``arena8``), the rules
-the self-play trainer uses too; ``--preset arena8`` is the ``turngym bench``
+about 15 village turns a game against about 106 on ``arena8``), the rules the
+self-play trainer uses too; ``--preset arena8`` is the ``turngym bench``
 default. Measured on the 2-core CPU of issue 23 (SmolLM2-135M-Instruct):
 recording 64 lspo7 games with the replay check takes 5 s (280 village
 trajectories, 1005 turns, 671k prompt tokens, 7.7k target tokens; the rule
-village won 13 of the 64); the SFT then trains on about 680k tokens per
-epoch. Evaluation is the cost: ``turngym bench --env werewolf --agents
-village=llm,wolves=rule -n 8`` on arena8 in float32 did not finish 8 games
-in 10 minutes (75 s a game or more), so 200 arena8 games take over 4 hours
-per model; lspo7 games are shorter (not timed yet). ``--dtype bfloat16`` (the evaluation
-engine's weights in bf16; prefill about 3x faster on AMX CPUs) is the cheaper
-setting; ``results.json`` records which setting its numbers come from. A GPU
-is used by itself when there is one.
+village won 13 of the 64); the SFT then trains on about 680k tokens per epoch.
+Evaluation is the cost: ``turngym bench --env werewolf --agents
+village=llm,wolves=rule -n 8`` on arena8 in float32 did not finish 8 games in
+10 minutes (75 s a game or more), so 200 arena8 games take over 4 hours per
+model. One lspo7 game of the base model's village (float32, temperature 0.7,
+max 96 tokens, one game at a time, deal 0) took 37 s (11 LLM turns, 8 of them
+invalid): 200 games are about 2 hours per model played one at a time
+(``--max-concurrent`` batches the seats of several games into one generate
+call, which should bring it down; not measured here), so the default study
+(rule, base, SFT rows) is about 4-5 hours of evaluation plus the SFT, over as
+many sessions as it takes. ``--dtype bfloat16`` (the evaluation engine's
+weights in bf16; prefill about 3x faster on AMX CPUs) is the cheaper setting;
+``results.json`` records which setting its numbers come from. A GPU is used by
+itself when there is one.
 
 This module depends on the trainer (``turngym.trainers``), the Werewolf
 runner (``turngym.agents``), the env and ``turngym.testing`` (``--quick``'s
