@@ -1,4 +1,4 @@
-"""File helpers: atomic writes (a reader sees the old file or folder or the whole new one, never half of one,
+"""File helpers: atomic writes (text, or JSON with `write_json_atomic`; `read_json` reads one back or a default) (a reader sees the old file or folder or the whole new one, never half of one,
 even after a crash or a power cut), the files shipped inside installed wheels (`package_files`) and
 turngym's cache folder (`cache_dir`).
 
@@ -8,11 +8,13 @@ Depends on nothing else of ours, so any layer may import it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -53,6 +55,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON in ``path``, or ``default`` when it is missing or unreadable (a resumable step's result file)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> Path:
+    """``data`` as JSON to ``path`` atomically (parent folders made); returns the path."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(path, json.dumps(data, indent=indent))
 
 
 def fsync_file(path: str | os.PathLike) -> None:

@@ -71,6 +71,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from turngym.files import read_json, write_json_atomic
+
 ENV_ID = "turngym/BlocksWorld-v0"
 ESTIMATORS = ("grpo", "gigpo")
 SEEDS = (0, 1, 2)
@@ -90,16 +92,11 @@ QUICK_RL_OVERRIDES = ["rollout.tasks_per_iter=2", "rollout.group_size=2"]
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(path)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from turngym.trainers.runlog import write_atomic
-
-    write_atomic(path, json.dumps(data, indent=1))
+    write_json_atomic(path, data)
 
 
 def _base_overrides(quick: bool) -> list[str]:

@@ -93,6 +93,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from turngym.files import read_json, write_json_atomic
+
 ENV_ID = "turngym/Werewolf-v0"
 EVAL_LINEUP = "village=llm,wolves=rule"
 #: the recorded games' deals: RECORD_SEED + k, far from the evaluation deals 0..N-1
@@ -105,17 +107,11 @@ SELFPLAY_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "selfplay_we
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(path)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from turngym.trainers.runlog import write_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(data, indent=1))
+    write_json_atomic(path, data)
 
 
 def _eos_id(tokenizer: Any) -> int:

@@ -71,18 +71,24 @@ def test_success_rises_within_a_few_cpu_seconds(corridor, word_tok, tmp_path, es
         assert key in train[-1], key
 
 
-def test_bf16_autocast_learns_too(corridor, word_tok, tmp_path):
-    """model.autocast=bfloat16: the update's forward/backward in bf16, fp32 weights and AdamW; the engine samples
-    in fp32, so the trainer's log-probs differ from the engine's by bf16 rounding (logged), and it still learns."""
-    trainer = _trainer(corridor, word_tok, tmp_path, "model.autocast=bfloat16", "run.iterations=25")
+def _learns_in_fp32_weights_despite_bf16(trainer, run_dir):
+    """Trains ``trainer``; it learns, its weights stay fp32 and its log-probs differ from the engine's by bf16
+    rounding only."""
     result = trainer.train()
-    train = _records(tmp_path)
+    train = _records(run_dir)
     first = np.mean([r["success_rate"] for r in train[:5]])
     last = np.mean([r["success_rate"] for r in train[-5:]])
     assert last >= first + 0.4, (first, last)
     assert result["eval"]["success_rate"] >= 0.8
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert 1e-4 < max(r["logprob_diff_max"] for r in train) < 0.1
+
+
+def test_bf16_autocast_learns_too(corridor, word_tok, tmp_path):
+    """model.autocast=bfloat16: the update's forward/backward in bf16, fp32 weights and AdamW; the engine samples
+    in fp32, so the trainer's log-probs differ from the engine's by bf16 rounding (logged), and it still learns."""
+    trainer = _trainer(corridor, word_tok, tmp_path, "model.autocast=bfloat16", "run.iterations=25")
+    _learns_in_fp32_weights_despite_bf16(trainer, tmp_path)
 
 
 def test_a_bf16_rollout_copy_learns_and_follows_every_update(corridor, word_tok, tmp_path):
@@ -91,14 +97,7 @@ def test_a_bf16_rollout_copy_learns_and_follows_every_update(corridor, word_tok,
     trainer = _trainer(corridor, word_tok, tmp_path, "rollout.dtype=bfloat16", "run.iterations=25")
     copy = trainer.engine.model
     assert copy is not trainer.model and all(p.dtype == torch.bfloat16 for p in copy.parameters())
-    result = trainer.train()
-    train = _records(tmp_path)
-    first = np.mean([r["success_rate"] for r in train[:5]])
-    last = np.mean([r["success_rate"] for r in train[-5:]])
-    assert last >= first + 0.4, (first, last)
-    assert result["eval"]["success_rate"] >= 0.8
-    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
-    assert 1e-4 < max(r["logprob_diff_max"] for r in train) < 0.1
+    _learns_in_fp32_weights_despite_bf16(trainer, tmp_path)
     ours = dict(trainer.model.named_parameters())
     for name, p in copy.named_parameters():  # the copy holds the final weights, rounded to bf16
         assert torch.equal(p, ours[name].detach().to(torch.bfloat16)), name
