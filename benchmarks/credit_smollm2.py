@@ -25,9 +25,11 @@ What it does, in order, each step skipped when its result file is already there:
    model once (the shared "before") and every run's final model. The tasks
    are the same for every model (fixed evaluation seed ``EVAL_SEED``;
    ``--eval-tasks N`` keeps a fixed N of each split). Wilson 95% intervals.
-   With 4-5 blocks the task generator re-draws 7 of the 87 PlanBench problems
-   into the training split (``overlapping_tasks``; every generator seed tried
-   had some), so every result also has a "clean" rate without them.
+   The generator never draws a packaged PlanBench problem
+   (``envs.blocksworld.tasks.planbench_keys``; before that rule, 4-5 blocks
+   re-drew 7 of these 87 into the training split). ``overlapping_tasks``
+   checks it again at every start and, should any overlap remain, the
+   "clean" rates leave those tasks out.
 
 Resuming: a run saves a checkpoint every iteration (``run.save_every=1``,
 the newest one kept), so a killed session loses at most one iteration; the
@@ -359,9 +361,9 @@ _OVERLAP: set[str] | None = None
 
 
 def overlapping_tasks() -> set[str]:
-    """The held-out PlanBench task ids equal to a generated training task (same blocks, start and goal): with 4-5
-    blocks the generator re-draws some of PlanBench's problems (7 of 87 at generator seed 0; every seed tried
-    had some), so the results also give the "clean" rates without them."""
+    """The held-out PlanBench task ids equal to a generated training task (same blocks, start and goal): none
+    since the generator excludes PlanBench's problems (7 of 87 before, at 4-5 blocks); kept as a check, and the
+    results' "clean" rates leave out any it finds."""
     global _OVERLAP
     if _OVERLAP is None:
         import gymnasium as gym

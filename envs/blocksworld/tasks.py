@@ -24,7 +24,7 @@ configuration (one with at least one tower of two), keeping a uniform number
 ``1..m`` of its ``m`` facts, chosen uniformly (PlanBench goals are such
 subsets). Draws of ``(n uniform in range, start, goal)`` go to the bucket of
 their optimal plan length when that bucket (an even length in range) is not
-full yet and the pair is new (and, for "test", not in "train"), until every
+full yet and the pair is new (never a packaged PlanBench problem, and, for "test", not in "train"), until every
 bucket is full: each bucket holds the uniform draw conditioned on its length.
 Plans from a hand-empty start to ``on`` goals always have even length, and
 never more than ``4(n-1)`` moves (every block not on the table moves at most
@@ -33,8 +33,8 @@ Cost: a draw costs one BFS over all states (cached per goal). Measured (CPU):
 600 tasks of 3-5 blocks 0.2 s, of 6 blocks 1.6 s, of 7 blocks 31 s; 12 tasks
 of 8 blocks 17 s (0.2 s a draw), so 8 blocks suit small splits only.
 
-This module depends on nothing else of ours but :mod:`.world`, :mod:`.solver`
-and :mod:`turngym.errors`.
+This module depends on nothing else of ours but :mod:`.world`, :mod:`.solver`,
+:mod:`turngym.errors` and (lazily, for the excluded problems) :mod:`.planbench`.
 """
 
 from __future__ import annotations
@@ -164,9 +164,25 @@ def generated_split(config: GeneratorConfig, split: str) -> list[dict[str, Any]]
     """The tasks of generated split ``"train"`` or ``"test"`` (made once per process and config)."""
     key = (config, split)
     if key not in _GENERATED:
-        exclude = {pair_key(t) for t in generated_split(config, "train")} if split == "test" else set()
+        exclude = set(planbench_keys())
+        if split == "test":
+            exclude |= {pair_key(t) for t in generated_split(config, "train")}
         _GENERATED[key] = _generate(config, split, exclude)
     return _GENERATED[key]
+
+
+_PLANBENCH_KEYS: frozenset[str] | None = None
+
+
+def planbench_keys() -> frozenset[str]:
+    """The :func:`pair_key` of every packaged PlanBench problem: no generated task is one of them, so training on
+    generated tasks never trains on a PlanBench split held out for evaluation."""
+    global _PLANBENCH_KEYS
+    if _PLANBENCH_KEYS is None:
+        from turngym.envs.blocksworld.planbench import PACKAGED_SPLITS, packaged_split  # it imports this module
+
+        _PLANBENCH_KEYS = frozenset(pair_key(t) for name in PACKAGED_SPLITS for t in packaged_split(name))
+    return _PLANBENCH_KEYS
 
 
 def _generate(config: GeneratorConfig, split: str, exclude: set[str]) -> list[dict[str, Any]]:

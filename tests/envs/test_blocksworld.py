@@ -418,9 +418,13 @@ def test_generated_splits_are_disjoint_bucketed_and_deterministic(env):
     for split, per in ((train, 100), (test, 50)):
         assert collections.Counter(t["optimal_length"] for t in split) == {L: per for L in (2, 4, 6, 8, 10, 12)}
         assert {len(t["blocks"]) for t in split} == {3, 4, 5}
+    # no generated task is a packaged PlanBench problem (training on "train" never sees a held-out PlanBench task)
+    held_out = tasks.planbench_keys()
+    assert len(held_out) == sum(env.splits()[s] for s in planbench.PACKAGED_SPLITS)
+    assert not (train_keys | test_keys) & held_out
     # a fresh generation (not the cache) gives the same tasks
-    assert tasks._generate(env.generator, "test", train_keys) == test
-    assert tasks._generate(env.generator, "train", set())[:20] == train[:20]
+    assert tasks._generate(env.generator, "test", train_keys | held_out) == test
+    assert tasks._generate(env.generator, "train", set(held_out))[:20] == train[:20]
 
 
 def test_generator_kwargs():
