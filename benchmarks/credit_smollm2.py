@@ -93,13 +93,6 @@ QUICK_OVERRIDES = ["agent.max_tokens=8", "env.max_steps=2", "run.threads=1", "ru
 QUICK_RL_OVERRIDES = ["rollout.tasks_per_iter=2", "rollout.group_size=2"]
 
 
-def _read_json(path: Path) -> Any:
-    return read_json(path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_json_atomic(path, data)
-
 
 def _base_overrides(quick: bool) -> list[str]:
     return [f"env.id={ENV_ID}", "env.split=train", f"env.kwargs={TRAIN_KWARGS}", "run.progress=false",
@@ -130,7 +123,7 @@ def sft_warm_start(out: Path, quick: bool, episodes: int | None, epochs: int | N
     from turngym.trainers.sft import SFTTrainer
 
     sft_dir = out / "sft"
-    done = _read_json(sft_dir / "sft.json")
+    done = read_json(sft_dir / "sft.json")
     if done and Path(done["checkpoint"], "config.json").is_file():
         print(f"SFT warm start: done ({done['checkpoint']})", flush=True)
         return done
@@ -150,7 +143,7 @@ def sft_warm_start(out: Path, quick: bool, episodes: int | None, epochs: int | N
     done = {"checkpoint": result["checkpoint"], "episodes": result["episodes"], "samples": result["samples"],
             "data_episodes": cfg.data.episodes, "epochs": cfg.data.epochs, "lr": cfg.optim.lr,
             "seconds": time.perf_counter() - t0}
-    _write_json(sft_dir / "sft.json", done)
+    write_json_atomic(sft_dir / "sft.json", done)
     print(f"SFT warm start: {done['episodes']} oracle episodes, {done['samples']} samples, "
           f"{done['seconds']:.0f} s -> {done['checkpoint']}", flush=True)
     return done
@@ -174,7 +167,7 @@ def heldout(model_path: str, eval_dir: Path, counts: dict[str, int], quick: bool
     from turngym.trainers.rl import RLTrainer
     from turngym.trainers.runlog import trajectory_file
 
-    cached = _read_json(eval_dir / "heldout.json")
+    cached = read_json(eval_dir / "heldout.json")
     if cached and cached.get("model") == str(model_path) and cached.get("counts") == counts:
         return cached
     shutil.rmtree(eval_dir, ignore_errors=True)
@@ -200,7 +193,7 @@ def heldout(model_path: str, eval_dir: Path, counts: dict[str, int], quick: bool
     gc.collect()
     result = {"model": str(model_path), "counts": counts, "splits": splits, "pooled": _pooled(splits),
               "clean": {**clean, "pooled": _pooled(clean)}, "seconds": time.perf_counter() - t0}
-    _write_json(eval_dir / "heldout.json", result)
+    write_json_atomic(eval_dir / "heldout.json", result)
     return result
 
 
@@ -226,7 +219,7 @@ def rl_run(estimator: str, seed: int, iterations: int, sft_checkpoint: str, out:
     from turngym.trainers.runlog import read_metrics
 
     run_dir = out / "runs" / f"{estimator}-s{seed}"
-    done = _read_json(run_dir / "result.json")
+    done = read_json(run_dir / "result.json")
     if done and done.get("iterations_done") == iterations and done.get("heldout", {}).get("counts") == counts:
         print(f"  {estimator}-s{seed}: done ({iterations} iterations), skipped", flush=True)
         return done
@@ -268,7 +261,7 @@ def rl_run(estimator: str, seed: int, iterations: int, sft_checkpoint: str, out:
     record["wall_seconds"] = record["train_seconds"] + record["eval_seconds"]
     if record["iterations_done"] != iterations:
         raise RuntimeError(f"{run_dir}: {record['iterations_done']} train records, expected {iterations}")
-    _write_json(run_dir / "result.json", record)
+    write_json_atomic(run_dir / "result.json", record)
     return record
 
 
@@ -444,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
               "recipes": {e: str(RECIPES[e].relative_to(CONFIGS.parent)) for e in estimators},
               "train_heldout_overlap": overlap, "sft": sft, "sft_heldout": sft_heldout, "runs": runs,
               "summary": summarize(runs, estimators, seeds), "session_seconds": time.perf_counter() - t0}
-    _write_json(out / "results.json", result)
+    write_json_atomic(out / "results.json", result)
     print_table(result)
     print(f"wrote {out / 'results.json'} ({result['session_seconds']:.0f} s this session)")
     return 0

@@ -106,13 +106,6 @@ ROWS = ("rule", "base", "sft", "selfplay")
 SELFPLAY_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "selfplay_werewolf.yaml"
 
 
-def _read_json(path: Path) -> Any:
-    return read_json(path)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_json_atomic(path, data)
-
 
 def _eos_id(tokenizer: Any) -> int:
     vocab = tokenizer.get_vocab()
@@ -234,7 +227,7 @@ def record(out: Path, games: int, preset: str, renderer: Renderer, model: str) -
     from turngym.agents.werewolf_runner import WerewolfRunner
 
     data_dir = out / "data"
-    done = _read_json(data_dir / "record.json")
+    done = read_json(data_dir / "record.json")
     key = {"games": games, "preset": preset, "model": model, "max_tokens": renderer.llm.sampling.max_tokens}
     if done and (data_dir / "village.jsonl").is_file() and done.get("key") == key:
         print(f"record: done ({done['trajectories']} village trajectories, {done['turns']} turns)", flush=True)
@@ -257,7 +250,7 @@ def record(out: Path, games: int, preset: str, renderer: Renderer, model: str) -
             "prompt_tokens": sum(len(s.prompt_ids) for t in trajs for s in t.steps),
             "actions": dict(sorted(_count(s.action.split(":")[0] for t in trajs for s in t.steps).items())),
             "replay": replay, "file": str(data_dir / "village.jsonl"), "seconds": time.perf_counter() - t0}
-    _write_json(data_dir / "record.json", done)
+    write_json_atomic(data_dir / "record.json", done)
     print(f"record: {games} rule games, {len(trajs)} village trajectories, {turns} turns; replay accepted "
           f"{replay['accepted']}/{replay['turns']} ({done['seconds']:.0f} s)", flush=True)
     return done
@@ -278,7 +271,7 @@ def sft(out: Path, base: str, data: str, turns: int, args: argparse.Namespace, q
     from turngym.trainers.sft import SFTTrainer
 
     sft_dir = out / "sft"
-    done = _read_json(sft_dir / "sft.json")
+    done = read_json(sft_dir / "sft.json")
     inputs = {"data_turns": turns, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
               "only_won": bool(args.only_won)}
     if done and Path(done["checkpoint"], "config.json").is_file() and done.get("inputs") == inputs:
@@ -304,7 +297,7 @@ def sft(out: Path, base: str, data: str, turns: int, args: argparse.Namespace, q
             "samples": result["samples"], "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "only_won": bool(args.only_won),
             "nll_first": nll[0] if nll else None, "nll_last": nll[-1] if nll else None,
             "seconds": time.perf_counter() - t0}
-    _write_json(sft_dir / "sft.json", done)
+    write_json_atomic(sft_dir / "sft.json", done)
     print(f"SFT: {done['episodes']} trajectories, {done['samples']} samples, nll {done['nll_first']:.3f} -> "
           f"{done['nll_last']:.3f}, {done['seconds']:.0f} s -> {done['checkpoint']}", flush=True)
     return done
@@ -322,7 +315,7 @@ def selfplay(out: Path, start: str, args: argparse.Namespace, quick: bool) -> di
 
     run_dir = out / "selfplay"
     n = args.selfplay_iterations
-    done = _read_json(run_dir / "selfplay.json")
+    done = read_json(run_dir / "selfplay.json")
     if done and (done.get("iterations"), done.get("start")) == (n, start) and \
             Path(done["checkpoint"], "config.json").is_file():
         print(f"self-play: done ({done['checkpoint']})", flush=True)
@@ -344,7 +337,7 @@ def selfplay(out: Path, start: str, args: argparse.Namespace, quick: bool) -> di
     train = [r for r in read_metrics(run_dir / "train") if r.get("kind") == "train"]
     done = {"checkpoint": str(final), "start": start, "iterations": n, "lineup": args.selfplay_lineup,
             "train_seconds": sum(r.get("time_total", 0.0) for r in train), "session_seconds": time.perf_counter() - t0}
-    _write_json(run_dir / "selfplay.json", done)
+    write_json_atomic(run_dir / "selfplay.json", done)
     print(f"self-play: {n} iterations -> {final}", flush=True)
     return done
 
@@ -362,11 +355,11 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
     eval_dir.mkdir(parents=True, exist_ok=True)
     setting = {"model": model, "preset": preset, "dtype": args.dtype if model else None,
                "temperature": args.temperature if model else None, "max_tokens": args.max_tokens if model else None}
-    meta = _read_json(eval_dir / "setting.json")
+    meta = read_json(eval_dir / "setting.json")
     games_file = eval_dir / "games.jsonl"
     if meta != setting:  # another model or setting: start over
         games_file.unlink(missing_ok=True)
-        _write_json(eval_dir / "setting.json", setting)
+        write_json_atomic(eval_dir / "setting.json", setting)
     rows = _read_games(games_file)
     have = {r["seed"] for r in rows}
     todo = [s for s in range(args.eval_games) if s not in have]
@@ -545,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
               "eval_games": args.eval_games, "eval_seeds": [0, args.eval_games - 1], "dtype": args.dtype,
               "temperature": args.temperature, "max_tokens": args.max_tokens, "quick": args.quick,
               "record": rec, "sft": tuned, "selfplay": played, "rows": rows, "session_seconds": time.perf_counter() - t0}
-    _write_json(out / "results.json", result)
+    write_json_atomic(out / "results.json", result)
     print_table(rows)
     print(f"wrote {out / 'results.json'} ({result['session_seconds']:.0f} s this session)")
     return 0
