@@ -18,7 +18,9 @@ a ``.jsonl`` path
 
 Both become :func:`~turngym.trainers.tokens.build_samples` samples (loss
 mask 1 on response ids only), and the loss is the token-mean negative
-log-likelihood through :func:`~turngym.trainers.logprobs.sequence_logprobs`.
+log-likelihood through :func:`~turngym.trainers.logprobs.sequence_logprobs`
+(``model.autocast=bfloat16``: the forward and backward in bf16, the weights,
+gradients and AdamW in ``model.dtype``, as in the RL trainer).
 The result is a checkpoint folder that ``turngym bench --model`` and the RL
 recipes (``model.path=RUN_DIR/checkpoint-N``) load. The evaluations before and
 after training are logged as the RL trainer's (``metrics.jsonl``, TensorBoard,
@@ -170,6 +172,7 @@ class SFTTrainer:
         rng = np.random.default_rng(derive_seed(cfg.run.seed, 11))
         step = 0
         device = next(self.model.parameters()).device
+        autocast = cfg.model.autocast in ("bfloat16", "bf16")
         self.model.train()
         batches = -(-len(samples) // cfg.data.batch_size)
         bar = progress_bar(cfg.data.epochs * batches, "sft", cfg.run.progress, unit="step")
@@ -182,8 +185,11 @@ class SFTTrainer:
                 total, correct = 0.0, 0
                 for local in pack_microbatches([len(samples[i]) for i in idx], cfg.optim.micro_batch_tokens):
                     batch = collate(samples, self.pad_id, indices=[idx[j] for j in local], device=device)
-                    logp = sequence_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                             loss_mask=batch.loss_mask, position_ids=batch.position_ids)
+                    # model.autocast: the forward (and so the backward) in bf16; weights, gradients and AdamW
+                    # stay in model.dtype (the RL trainer's rule)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                        logp = sequence_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                                                 loss_mask=batch.loss_mask, position_ids=batch.position_ids)
                     mask = batch.loss_mask > 0
                     loss = -torch.where(mask, logp, torch.zeros_like(logp)).sum() / max(1, n_tok)
                     loss.backward()

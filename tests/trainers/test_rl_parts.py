@@ -176,3 +176,28 @@ def test_oracle_sft_samples_put_loss_only_on_the_reply(tmp_path, tiny_tokenizer,
     nll = [json.loads(line)["nll"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert nll[-1] < nll[0]
     assert Path(result["checkpoint"], "model.safetensors").is_file()
+
+
+def test_sft_autocast_runs_in_bf16_and_keeps_fp32_weights(tmp_path, tiny_tokenizer, make_tiny_model, monkeypatch):
+    """model.autocast=bfloat16 reaches the SFT update (it was silently ignored): the model's matmuls run in bf16
+    under autocast, the weights (and so AdamW) stay fp32, and it still learns."""
+    import torch
+
+    from turngym.trainers.config import SFTConfig, load_config
+    from turngym.trainers.sft import SFTTrainer
+
+    model = make_tiny_model(tiny_tokenizer, seed=1)
+    model.config.max_position_embeddings = 4096
+    cfg = load_config(SFTConfig, None, ["env.id=turngym/BlocksWorld-v0", "agent.options={num_exemplars: 0, context: full}",
+                                        "data.episodes=3", "data.epochs=3", "data.batch_size=3", "optim.lr=0.003",
+                                        "model.autocast=bfloat16", f"run.dir={tmp_path}", "run.eval_tasks=0",
+                                        "run.tensorboard=false"])
+    trainer = SFTTrainer(cfg, model=model, tokenizer=tiny_tokenizer)
+    seen: list[torch.dtype] = []
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))  # a decoder layer's projection
+    linear.register_forward_hook(lambda mod, inputs, output: seen.append(output.dtype))
+    trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}, seen
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    nll = [json.loads(line)["nll"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert nll[-1] < nll[0]
