@@ -1,7 +1,8 @@
 """Werewolf that learns: SFT on the rule village's recorded moves, then the LLM village against rule wolves.
 
     python -m turngym.benchmarks.werewolf_learn --out results/werewolf_learn                  # the study (resumable)
-    python -m turngym.benchmarks.werewolf_learn --out results/werewolf_learn --dtype bfloat16 # faster engine on CPU
+    python -m turngym.benchmarks.werewolf_learn --out results/werewolf_learn --dtype bfloat16 --autocast bfloat16
+                                                                            # bf16 engine and updates: faster on AMX CPUs
     python -m turngym.benchmarks.werewolf_learn --quick --out /tmp/q                          # tiny-model smoke (the test)
 
 Why: the untrained SmolLM2-135M-Instruct village plays almost only invalid
@@ -273,7 +274,7 @@ def sft(out: Path, base: str, data: str, turns: int, args: argparse.Namespace, q
     sft_dir = out / "sft"
     done = read_json(sft_dir / "sft.json")
     inputs = {"data_turns": turns, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-              "only_won": bool(args.only_won)}
+              "only_won": bool(args.only_won), "autocast": args.autocast}
     if done and Path(done["checkpoint"], "config.json").is_file() and done.get("inputs") == inputs:
         print(f"SFT: done ({done['checkpoint']})", flush=True)
         return done
@@ -284,7 +285,7 @@ def sft(out: Path, base: str, data: str, turns: int, args: argparse.Namespace, q
                  f"data.only_won={str(bool(args.only_won)).lower()}", f"data.epochs={args.epochs}",
                  f"data.batch_size={args.batch_size}", f"optim.lr={args.lr}", f"run.dir={sft_dir}",
                  "run.eval_tasks=0", "run.save_rollouts=false", "run.progress=false", "run.tensorboard=false",
-                 "run.keep_checkpoints=1", "run.seed=0"]
+                 "run.keep_checkpoints=1", "run.seed=0", f"model.autocast={args.autocast}"]
     if args.threads or quick:
         overrides.append(f"run.threads={args.threads or 1}")
     cfg = load_config(SFTConfig, None, overrides)
@@ -323,7 +324,8 @@ def selfplay(out: Path, start: str, args: argparse.Namespace, quick: bool) -> di
     kwargs = f"{{preset: {args.preset}, lineup: '{args.selfplay_lineup}', eval_lineup: '{EVAL_LINEUP}'}}"
     overrides = [f"model.path={start}", f"env.kwargs={kwargs}", f"run.dir={run_dir / 'train'}", f"run.iterations={n}",
                  "run.save_every=1", "run.keep_checkpoints=1", "run.eval_tasks=0", "run.eval_every=0",
-                 "run.progress=false", "run.tensorboard=false", "run.save_rollouts=false", "run.seed=0"]
+                 "run.progress=false", "run.tensorboard=false", "run.save_rollouts=false", "run.seed=0",
+                 f"model.autocast={args.autocast}"]
     if quick:
         overrides += [f"agent.max_tokens={args.max_tokens}", "rollout.tasks_per_iter=1", "rollout.group_size=2",
                       "run.threads=1"]
@@ -485,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=None, help="LLM seats' reply budget (default 96)")
     p.add_argument("--max-concurrent", type=int, default=8,
                    help="games in flight, and the evaluation's resume chunk (default 8)")
+    p.add_argument("--autocast", default="none", choices=("none", "bfloat16"),
+                   help="compute dtype of the SFT and self-play updates (model.autocast; weights stay fp32)")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the SFT (0: the trainer's default)")
     p.add_argument("--selfplay-iterations", type=int, default=0,
                    help="RL self-play iterations from the SFT checkpoint, evaluated as a 4th row (default 0: none)")
@@ -536,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
     result = {"env": ENV_ID, "lineup": EVAL_LINEUP, "preset": args.preset, "base_model": base,
               "eval_games": args.eval_games, "eval_seeds": [0, args.eval_games - 1], "dtype": args.dtype,
+              "autocast": args.autocast,
               "temperature": args.temperature, "max_tokens": args.max_tokens, "quick": args.quick,
               "record": rec, "sft": tuned, "selfplay": played, "rows": rows, "session_seconds": time.perf_counter() - t0}
     write_json_atomic(out / "results.json", result)

@@ -107,6 +107,23 @@ def test_second_run_skips_finished_phases(quick_run, capsys):
     assert after["rows"] == before["rows"] and after["sft"] == before["sft"]
 
 
+def test_autocast_redoes_the_sft_and_is_recorded(quick_run, tmp_path, capsys):
+    """--autocast bfloat16 is part of the SFT's inputs (a finished fp32 SFT is not reused for it), reaches the
+    trainer, and results.json says which setting its numbers come from."""
+    import shutil
+
+    from turngym.benchmarks import werewolf_learn
+
+    out = tmp_path / "copy"
+    shutil.copytree(quick_run, out)
+    capsys.readouterr()
+    assert werewolf_learn.main(["--quick", "--out", str(out), "--autocast", "bfloat16"]) == 0
+    printed = capsys.readouterr().out
+    assert "SFT: done" not in printed
+    result = json.loads((out / "results.json").read_text())
+    assert result["autocast"] == "bfloat16" and result["sft"]["inputs"]["autocast"] == "bfloat16"
+
+
 @pytest.mark.slow
 def test_selfplay_phase_adds_a_row(tmp_path):
     """--selfplay-iterations 1 from the quick SFT checkpoint (about 2 minutes on 2 CPU cores: every seat's long
