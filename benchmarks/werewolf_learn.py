@@ -76,7 +76,11 @@ call, which should bring it down; not measured here), so the default study
 (rule, base, SFT rows) is about 4-5 hours of evaluation plus the SFT, over as
 many sessions as it takes. ``--dtype bfloat16`` (the evaluation engine's
 weights in bf16; prefill about 3x faster on AMX CPUs) is the cheaper setting;
-``results.json`` records which setting its numbers come from. A GPU is used by
+``results.json`` records which setting its numbers come from. Only on a CPU
+with native bf16 (AMX-BF16 or AVX512-BF16): on an AVX2-only CPU (a 2-core AMD
+EPYC) bf16 is about 25x slower than float32 (``benchmarks/cpu_dtypes.py``);
+there one bf16 SFT step did not finish in 13 minutes, so keep the float32
+defaults (a ``SlowDtypeWarning`` says so). A GPU is used by
 itself when there is one.
 
 This module depends on the trainer (``turngym.trainers``), the Werewolf

@@ -31,6 +31,15 @@ def is_checkpoint(path: str | Path) -> bool:
     return (Path(path) / "trainer_state.pt").is_file() or (Path(path) / ADAPTER_DIR).is_dir()
 
 
+def warn_if_slow_autocast(cfg: Any, model: Any) -> None:
+    """``model.autocast=bfloat16`` on a CPU without native bf16 matmuls: a :class:`SlowDtypeWarning` (it still runs)."""
+    if cfg.autocast in ("bfloat16", "bf16"):
+        from turngym.agents.engines.device import warn_if_slow_on_cpu
+
+        param = next(iter(model.parameters()), None)
+        warn_if_slow_on_cpu("bfloat16", param.device if param is not None else "cpu", setting="model.autocast")
+
+
 def load_policy(cfg: Any) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for a :class:`~turngym.trainers.config.ModelConfig`, ready to train."""
     transformers = require("transformers", "hf", "training a model")

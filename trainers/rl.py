@@ -144,6 +144,9 @@ class RLTrainer:
 
             model = wrap_lora(model, cfg.model)
         self.model, self.tokenizer = model, tokenizer
+        from turngym.trainers.model import warn_if_slow_autocast
+
+        warn_if_slow_autocast(cfg.model, model)
         self.model.train()
         self.dist.broadcast_parameters(self.model)  # replicas start equal (LoRA init is random)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -251,7 +254,8 @@ class RLTrainer:
             if r.dtype == "model":
                 return HFEngine((self.model, self.tokenizer), name=name, **kwargs)
             # A copy in another dtype (bf16 sampling on an AMX CPU); _sync_engine pushes every update into it.
-            return HFEngine((self._merged_model(), self.tokenizer), name=name, dtype=r.dtype, **kwargs)
+            return HFEngine((self._merged_model(), self.tokenizer), name=name, dtype=r.dtype,
+                            dtype_setting="rollout.dtype", **kwargs)
         from turngym.agents.engines.vllm_engine import VLLMEngine
         from turngym.trainers.model import save_model
 

@@ -128,6 +128,9 @@ class SFTTrainer:
 
             model = wrap_lora(model, cfg.model)
         self.model, self.tokenizer = model, tokenizer
+        from turngym.trainers.model import warn_if_slow_autocast
+
+        warn_if_slow_autocast(cfg.model, model)
         self.engine = HFEngine((model, tokenizer), name=f"hf:{Path(str(cfg.model.path)).name}")
         a = cfg.agent
         self.agent_factory = lambda temperature: make_agent(a.name, cfg.env.id, temperature=temperature,

@@ -95,6 +95,12 @@ def _torch():
     return require("torch", "hf", _PURPOSE)
 
 
+def _device_of(model: Any) -> str:
+    """The device of a loaded model's first parameter ('cpu' for a model without parameters)."""
+    param = next(iter(model.parameters()), None)
+    return str(param.device) if param is not None else "cpu"
+
+
 @dataclass
 class _Batch:
     """Rows being decoded together: their KV cache, mask, next positions and pending next-token logits."""
@@ -135,6 +141,9 @@ class HFEngine(LocalPrompts):
             (see ``prefix_cache.py``); False turns it off.
         prefix_cache_bytes: memory bound of that cache (on the model's device),
             default 1 GiB (SmolLM2-135M in fp32 needs 46 KB per token).
+        dtype_setting: the name ``dtype`` goes by in the caller's settings (``rollout.dtype`` in the
+            trainer), used in the error for a bad name and the warning for a half precision this CPU
+            lacks native instructions for (:func:`~turngym.agents.engines.device.warn_if_slow_on_cpu`).
 
     Attributes:
         prefix_cache: the :class:`PrefixKVCache`, or None when off or unsupported
@@ -148,7 +157,8 @@ class HFEngine(LocalPrompts):
                  dtype: Any = "auto", max_batch_size: int = 32, name: str | None = None,
                  eos_token_ids: Iterable[int] | None = None, attn_implementation: str | None = None,
                  chat_template_kwargs: Mapping[str, Any] | None = None, progress: bool = True,
-                 prefix_cache: bool = True, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
+                 prefix_cache: bool = True, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+                 dtype_setting: str = "dtype"):
         torch = _torch()
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -160,7 +170,7 @@ class HFEngine(LocalPrompts):
             model, tokenizer = model
         if isinstance(model, (str, os.PathLike)):
             path = resolve_model(model, progress=progress)
-            self.model, self.tokenizer = self._load(path, device, dtype, attn_implementation)
+            self.model, self.tokenizer = self._load(path, device, dtype, attn_implementation, dtype_setting)
             info = read_model_info(path)
             default_name = info.get("name") or Path(path).name
         else:
@@ -169,7 +179,8 @@ class HFEngine(LocalPrompts):
             self.model, self.tokenizer = model, tokenizer
             if device not in (None, "auto") or dtype not in (None, "auto"):
                 target_device = resolve_device(device) if device not in (None, "auto") else None
-                target_dtype = resolve_dtype(dtype, target_device or "cpu") if dtype not in (None, "auto") else None
+                target_dtype = resolve_dtype(dtype, target_device or _device_of(self.model),
+                                             setting=dtype_setting) if dtype not in (None, "auto") else None
                 self.model.to(device=target_device, dtype=target_dtype)
             default_name = Path(str(getattr(self.model.config, "name_or_path", "") or "model")).name or "model"
         self.name = name or f"hf:{default_name}"
@@ -201,12 +212,13 @@ class HFEngine(LocalPrompts):
     # -- loading ---------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _load(path: Path, device: str | None, dtype: Any, attn_implementation: str | None):
+    def _load(path: Path, device: str | None, dtype: Any, attn_implementation: str | None,
+              dtype_setting: str = "dtype"):
         transformers = require("transformers", "hf", _PURPOSE)
         from turngym.agents.engines.default_model import _dtype_kwarg
 
         device = resolve_device(device)
-        kwargs = _dtype_kwarg(transformers, resolve_dtype(dtype, device))
+        kwargs = _dtype_kwarg(transformers, resolve_dtype(dtype, device, setting=dtype_setting))
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
