@@ -43,7 +43,8 @@ session, on a GPU say, picks up where the last one stopped):
    ``0..N-1``, the deals of ``turngym bench --env werewolf -n N``; the same for
    every row), the rule village on the same deals as the reference. Games are
    played and appended in chunks of ``--max-concurrent``, so a killed
-   evaluation resumes at the next unplayed deal. Per row: the village's win
+   evaluation resumes at the next unplayed deal (``--skip sft`` plays the
+   rule and base rows without training anything). Per row: the village's win
    rate with a Wilson 95% interval and the LLM seats' invalid-action rate
    (the env's verdict on each turn) and unparsable-reply rate.
 4. Optional self-play (``--selfplay-iterations N``, default 0: off;
@@ -485,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="SFT samples per step (default 8)")
     p.add_argument("--eval-games", type=int, default=None,
                    help=f"evaluation deals, the same for every row (default {DEFAULTS['eval_games']})")
-    p.add_argument("--skip", default="", help="comma list of evaluation rows not to play now: rule, base, sft")
+    p.add_argument("--skip", default="", help="comma list of evaluation rows not to play now: rule, base, sft "
+                   "(sft without self-play skips the SFT itself too)")
     p.add_argument("--dtype", default="float32", help="the evaluation engine's weights: float32 (default), bfloat16")
     p.add_argument("--temperature", type=float, default=0.7, help="LLM seats' sampling temperature (default 0.7)")
     p.add_argument("--max-tokens", type=int, default=None, help="LLM seats' reply budget (default 96)")
@@ -531,9 +533,13 @@ def main(argv: list[str] | None = None) -> int:
     tok, max_context = _load_tokenizer(base)
     renderer = Renderer(tok, max_context, WerewolfLLMPolicy(temperature=args.temperature, max_tokens=args.max_tokens))
     rec = record(out, args.games, args.preset, renderer, base)
-    tuned = sft(out, base, rec["file"], rec["turns"], args, args.quick)
+    if "sft" in skip and args.selfplay_iterations == 0:  # nothing this session needs the SFT checkpoint
+        tuned = None
+        print("SFT: skipped (--skip sft; a later run without it trains it)", flush=True)
+    else:
+        tuned = sft(out, base, rec["file"], rec["turns"], args, args.quick)
     played = selfplay(out, tuned["checkpoint"], args, args.quick) if args.selfplay_iterations > 0 else None
-    models = [("rule", None), ("base", base), ("sft", tuned["checkpoint"])]
+    models = [("rule", None), ("base", base), ("sft", tuned["checkpoint"] if tuned else None)]
     if played:
         models.append(("selfplay", played["checkpoint"]))
     rows = []

@@ -124,6 +124,24 @@ def test_autocast_redoes_the_sft_and_is_recorded(quick_run, tmp_path, capsys):
     assert result["autocast"] == "bfloat16" and result["sft"]["inputs"]["autocast"] == "bfloat16"
 
 
+def test_skip_sft_plays_the_other_rows_without_training(tmp_path, capsys):
+    """--skip sft (no self-play): the rows that need no fine-tuned model are played and nothing is trained, so a
+    session can bank the base row's games and a later one train and play the rest."""
+    from turngym.benchmarks import werewolf_learn
+
+    out = tmp_path / "banked"
+    assert werewolf_learn.main(["--quick", "--out", str(out), "--skip", "sft"]) == 0
+    assert "SFT: skipped" in capsys.readouterr().out
+    assert not (out / "sft").exists()
+    result = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["rule", "base"] and result["sft"] is None
+    played = (out / "eval" / "base" / "games.jsonl").read_text()
+    assert werewolf_learn.main(["--quick", "--out", str(out)]) == 0  # the later session: SFT, then its row
+    result = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["rule", "base", "sft"] and result["sft"]["samples"] > 0
+    assert (out / "eval" / "base" / "games.jsonl").read_text() == played  # banked games are not replayed
+
+
 @pytest.mark.slow
 def test_selfplay_phase_adds_a_row(tmp_path):
     """--selfplay-iterations 1 from the quick SFT checkpoint (about 2 minutes on 2 CPU cores: every seat's long
