@@ -46,7 +46,10 @@ session, on a GPU say, picks up where the last one stopped):
    evaluation resumes at the next unplayed deal (``--skip sft`` plays the
    rule and base rows without training anything). Per row: the village's win
    rate with a Wilson 95% interval and the LLM seats' invalid-action rate
-   (the env's verdict on each turn) and unparsable-reply rate.
+   (the env's verdict on each turn) and unparsable-reply rate, and the
+   engine's prompt-side work (``OUT/eval/NAME/prefill.jsonl``, a line per
+   chunk: prompt tokens, the share the prefix cache served, tokens prefilled,
+   padding), printed per chunk: prefill of ~600-token prompts is the cost.
 4. Optional self-play (``--selfplay-iterations N``, default 0: off;
    ``OUT/selfplay``): N iterations of the self-play recipe
    (``configs/selfplay_werewolf.yaml``, GRPO; ``--selfplay-lineup``, default
@@ -364,8 +367,10 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
                "temperature": args.temperature if model else None, "max_tokens": args.max_tokens if model else None}
     meta = read_json(eval_dir / "setting.json")
     games_file = eval_dir / "games.jsonl"
+    prefill_file = eval_dir / "prefill.jsonl"  # a line per chunk: the engine's prompt-side work
     if meta != setting:  # another model or setting: start over
         games_file.unlink(missing_ok=True)
+        prefill_file.unlink(missing_ok=True)
         write_json_atomic(eval_dir / "setting.json", setting)
     rows = _read_games(games_file)
     have = {r["seed"] for r in rows}
@@ -384,8 +389,14 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
         runner = WerewolfRunner(engine, lineup=EVAL_LINEUP if model else "rule", preset=preset,
                                 llm=WerewolfLLMPolicy(temperature=args.temperature, max_tokens=args.max_tokens),
                                 max_concurrent=chunk)
+        if engine is not None:
+            engine.prefill_stats.reset()
         result = runner.run(seeds)
         seconds = time.perf_counter() - t0
+        work = ""
+        if engine is not None:  # where the chunk's time went: prompt tokens, the prefix cache's share, padding
+            chunk_stats = engine.prefill_stats.to_dict()
+            work = f"; {_prefill_line(chunk_stats)}"
         per_seed: dict[int, list[Any]] = defaultdict(list)
         for t in result.trajectories:
             per_seed[int(t.seed)].extend(t.steps)
@@ -396,7 +407,11 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
                                     "llm_turns": len(steps), "llm_invalid": sum(not s.action_valid for s in steps),
                                     "llm_unparsed": sum(not s.info.get("format_ok", True) for s in steps),
                                     "seconds": seconds / len(result.games)}) + "\n")
-        print(f"  eval {name}: {start + len(seeds)}/{len(todo)} games ({seconds:.0f} s for {len(seeds)})", flush=True)
+        if engine is not None:
+            with prefill_file.open("a") as f:
+                f.write(json.dumps({"seeds": seeds, "seconds": seconds, **chunk_stats}) + "\n")
+        print(f"  eval {name}: {start + len(seeds)}/{len(todo)} games ({seconds:.0f} s for {len(seeds)}{work})",
+              flush=True)
     rows = [r for r in _read_games(games_file) if r["seed"] < args.eval_games]
     n = len(rows)
     wins = sum(r["winner"] == "village" for r in rows)
@@ -407,7 +422,32 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
             "invalid_rate": sum(r["llm_invalid"] for r in rows) / turns if turns else None,
             "unparsed_rate": sum(r["llm_unparsed"] for r in rows) / turns if turns else None,
             "seconds": sum(r["seconds"] for r in rows), "seconds_per_game": sum(r["seconds"] for r in rows) / n
-            if n else None}
+            if n else None, "prefill": _prefill_total(prefill_file, args.eval_games)}
+
+
+def _prefill_total(path: Path, eval_games: int) -> dict[str, float] | None:
+    """The prompt-side work summed over the chunks of deals 0..eval_games-1 that recorded it (None: none did)."""
+    if not path.is_file():
+        return None
+    total: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        try:
+            chunk = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
+        if all(seed < eval_games for seed in chunk.get("seeds", [])):
+            for key, value in chunk.items():
+                if key != "seeds":
+                    total[key] = total.get(key, 0) + value
+    return total or None
+
+
+def _prefill_line(stats: dict[str, int]) -> str:
+    """``PrefillStats.to_dict()`` in words: prompt tokens, the share the prefix cache served, padding computed."""
+    prompt, cached = stats.get("prompt_tokens", 0), stats.get("cached_tokens", 0)
+    run, padded = stats.get("prefill_tokens", 0), stats.get("padded_tokens", 0)
+    return (f"{prompt} prompt tokens, {cached / prompt if prompt else 0:.0%} from the prefix cache, "
+            f"{run} prefilled, {padded - run if padded > run else 0} padding positions")
 
 
 def _read_games(path: Path) -> list[dict[str, Any]]:

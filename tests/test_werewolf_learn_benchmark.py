@@ -34,6 +34,14 @@ def test_results_structure(quick_run):
     assert rule["llm_turns"] == 0 and rule["invalid_rate"] is None and rule["model"] is None
     for r in (base, sft):
         assert r["llm_turns"] > 0 and 0 <= r["invalid_rate"] <= 1 and 0 <= r["unparsed_rate"] <= 1
+        # the engine's prompt-side work, a line per chunk: every LLM turn's prompt counted, the cache's share in it
+        work = r["prefill"]
+        assert work["prompt_tokens"] > 0 and 0 <= work["cached_tokens"] <= work["prompt_tokens"]
+        assert work["prefill_tokens"] <= work["padded_tokens"] and work["seconds"] > 0
+        chunks = [json.loads(line) for line in (quick_run / "eval" / r["name"] / "prefill.jsonl").read_text().splitlines()]
+        assert sorted(seed for c in chunks for seed in c["seeds"]) == [0, 1]
+        assert sum(c["prompt_tokens"] for c in chunks) == work["prompt_tokens"]
+    assert rule["prefill"] is None
     assert sft["model"] == result["sft"]["checkpoint"] and base["model"] == result["base_model"]
     rec = result["record"]
     assert rec["games"] == 2 and rec["trajectories"] > 0 and rec["turns"] > 0
