@@ -120,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from turngym.agents.engines.device import cpu_has_native
+    from turngym.agents.engines.device import NATIVE_CPU_FLAGS, cpu_has_native
     from turngym.benchmarks.contention import CpuWatch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     caps = dict(torch.cpu.get_capabilities()) if hasattr(torch.cpu, "get_capabilities") else {}
-    flags = {k: bool(caps.get(k)) for k in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "avx512_fp16",
-                                             "amx_fp16")}
+    native_flags = [flag for flags_of in NATIVE_CPU_FLAGS.values() for flag in flags_of]
+    flags = {k: bool(caps.get(k)) for k in ("avx2", "avx512_f", *native_flags)}
     print(f"CPU: {caps.get('cpu_name') or platform.processor() or '?'} ({caps.get('architecture', '?')}); "
           + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.tokens} rows per product; "

@@ -393,10 +393,6 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
             engine.prefill_stats.reset()
         result = runner.run(seeds)
         seconds = time.perf_counter() - t0
-        work = ""
-        if engine is not None:  # where the chunk's time went: prompt tokens, the prefix cache's share, padding
-            chunk_stats = engine.prefill_stats.to_dict()
-            work = f"; {_prefill_line(chunk_stats)}"
         per_seed: dict[int, list[Any]] = defaultdict(list)
         for t in result.trajectories:
             per_seed[int(t.seed)].extend(t.steps)
@@ -407,9 +403,12 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
                                     "llm_turns": len(steps), "llm_invalid": sum(not s.action_valid for s in steps),
                                     "llm_unparsed": sum(not s.info.get("format_ok", True) for s in steps),
                                     "seconds": seconds / len(result.games)}) + "\n")
-        if engine is not None:
+        work = ""
+        if engine is not None:  # where the chunk's time went: prompt tokens, the prefix cache's share, padding
+            stats = engine.prefill_stats.to_dict()
             with prefill_file.open("a") as f:
-                f.write(json.dumps({"seeds": seeds, "seconds": seconds, **chunk_stats}) + "\n")
+                f.write(json.dumps({"seeds": seeds, "seconds": seconds, **stats}) + "\n")
+            work = f"; {_prefill_line(stats)}"
         print(f"  eval {name}: {start + len(seeds)}/{len(todo)} games ({seconds:.0f} s for {len(seeds)}{work})",
               flush=True)
     rows = [r for r in _read_games(games_file) if r["seed"] < args.eval_games]
@@ -444,10 +443,9 @@ def _prefill_total(path: Path, eval_games: int) -> dict[str, float] | None:
 
 def _prefill_line(stats: dict[str, int]) -> str:
     """``PrefillStats.to_dict()`` in words: prompt tokens, the share the prefix cache served, padding computed."""
-    prompt, cached = stats.get("prompt_tokens", 0), stats.get("cached_tokens", 0)
-    run, padded = stats.get("prefill_tokens", 0), stats.get("padded_tokens", 0)
-    return (f"{prompt} prompt tokens, {cached / prompt if prompt else 0:.0%} from the prefix cache, "
-            f"{run} prefilled, {padded - run if padded > run else 0} padding positions")
+    prompt, run = stats["prompt_tokens"], stats["prefill_tokens"]
+    return (f"{prompt} prompt tokens, {stats['cached_tokens'] / max(prompt, 1):.0%} from the prefix cache, "
+            f"{run} prefilled, {max(stats['padded_tokens'] - run, 0)} padding positions")
 
 
 def _read_games(path: Path) -> list[dict[str, Any]]:

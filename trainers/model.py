@@ -31,13 +31,17 @@ def is_checkpoint(path: str | Path) -> bool:
     return (Path(path) / "trainer_state.pt").is_file() or (Path(path) / ADAPTER_DIR).is_dir()
 
 
-def warn_if_slow_autocast(cfg: Any, model: Any) -> None:
+def autocast_enabled(cfg: Any) -> bool:
+    """Whether a :class:`~turngym.trainers.config.ModelConfig` asks for bf16 compute (``model.autocast``)."""
+    return cfg.autocast in ("bfloat16", "bf16")
+
+
+def warn_if_slow_autocast(cfg: Any, device: Any) -> None:
     """``model.autocast=bfloat16`` on a CPU without native bf16 matmuls: a :class:`SlowDtypeWarning` (it still runs)."""
-    if cfg.autocast in ("bfloat16", "bf16"):
+    if autocast_enabled(cfg):
         from turngym.agents.engines.device import warn_if_slow_on_cpu
 
-        param = next(iter(model.parameters()), None)
-        warn_if_slow_on_cpu("bfloat16", param.device if param is not None else "cpu", setting="model.autocast")
+        warn_if_slow_on_cpu("bfloat16", device, setting="model.autocast")
 
 
 def load_policy(cfg: Any) -> tuple[Any, Any]:

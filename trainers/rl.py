@@ -144,9 +144,10 @@ class RLTrainer:
 
             model = wrap_lora(model, cfg.model)
         self.model, self.tokenizer = model, tokenizer
-        from turngym.trainers.model import warn_if_slow_autocast
+        from turngym.trainers.model import autocast_enabled, warn_if_slow_autocast
 
-        warn_if_slow_autocast(cfg.model, model)
+        self.autocast = autocast_enabled(cfg.model)  # model.autocast: bf16 compute in forward()
+        warn_if_slow_autocast(cfg.model, self.device)
         self.model.train()
         self.dist.broadcast_parameters(self.model)  # replicas start equal (LoRA init is random)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -565,7 +566,7 @@ class RLTrainer:
         model = model if model is not None else self.train_model
         # model.autocast: the forward (and so the backward) in bf16, the weights and their gradients as they are.
         with self.torch.autocast(self.device.type, dtype=self.torch.bfloat16,
-                                 enabled=self.cfg.model.autocast in ("bfloat16", "bf16")):
+                                 enabled=self.autocast):
             return sequence_logprobs(model, batch.input_ids, batch.attention_mask, temperature=self.temperature,
                                      with_entropy=with_entropy, loss_mask=batch.loss_mask,
                                      position_ids=batch.position_ids, share_prefix=self.cfg.optim.share_prefix)

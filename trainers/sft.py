@@ -130,7 +130,7 @@ class SFTTrainer:
         self.model, self.tokenizer = model, tokenizer
         from turngym.trainers.model import warn_if_slow_autocast
 
-        warn_if_slow_autocast(cfg.model, model)
+        warn_if_slow_autocast(cfg.model, next(model.parameters()).device)
         self.engine = HFEngine((model, tokenizer), name=f"hf:{Path(str(cfg.model.path)).name}")
         a = cfg.agent
         self.agent_factory = lambda temperature: make_agent(a.name, cfg.env.id, temperature=temperature,
@@ -162,7 +162,7 @@ class SFTTrainer:
 
     def train(self) -> dict[str, Any]:
         from turngym.trainers.logprobs import sequence_logprobs
-        from turngym.trainers.model import adamw, trainable_parameters
+        from turngym.trainers.model import adamw, autocast_enabled, trainable_parameters
         from turngym.trainers.tokens import build_samples, collate, pack_microbatches, verify_samples
 
         torch, cfg = self.torch, self.cfg
@@ -175,7 +175,7 @@ class SFTTrainer:
         rng = np.random.default_rng(derive_seed(cfg.run.seed, 11))
         step = 0
         device = next(self.model.parameters()).device
-        autocast = cfg.model.autocast in ("bfloat16", "bf16")
+        autocast = autocast_enabled(cfg.model)
         self.model.train()
         batches = -(-len(samples) // cfg.data.batch_size)
         bar = progress_bar(cfg.data.epochs * batches, "sft", cfg.run.progress, unit="step")

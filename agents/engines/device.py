@@ -40,14 +40,19 @@ NATIVE_CPU_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512
 _warned: set[tuple[str, str]] = set()
 
 
+def _dtype_name(dtype: Any) -> str:
+    """The canonical name of a dtype spelling or ``torch.dtype`` ('bf16' -> 'bfloat16'); unknown names as given."""
+    name = str(dtype).removeprefix("torch.")
+    return DTYPE_NAMES.get(name, name)
+
+
 def cpu_has_native(dtype: Any) -> bool | None:
     """True/False: whether this x86 CPU has native matmul instructions for ``dtype`` (bf16 or fp16).
 
     None where it cannot tell (not x86, or a torch without ``torch.cpu.get_capabilities``). float32
     and float64 are always native.
     """
-    name = str(dtype).removeprefix("torch.")
-    name = DTYPE_NAMES.get(name, name)
+    name = _dtype_name(dtype)
     if name not in NATIVE_CPU_FLAGS:
         return True
     torch = _torch()
@@ -65,8 +70,8 @@ def cpu_has_native(dtype: Any) -> bool | None:
 
 def warn_if_slow_on_cpu(dtype: Any, device: Any, *, setting: str = "dtype") -> bool:
     """Warn (once per setting and dtype) when ``dtype`` will run on a CPU without native support; True if warned."""
-    name = DTYPE_NAMES.get(str(dtype).removeprefix("torch."), str(dtype).removeprefix("torch."))
-    if name not in NATIVE_CPU_FLAGS or not str(device).startswith("cpu") or cpu_has_native(name) is not False:
+    name = _dtype_name(dtype)
+    if not str(device).startswith("cpu") or cpu_has_native(name) is not False:
         return False
     key = (setting, name)
     if key not in _warned:
@@ -108,7 +113,7 @@ def resolve_dtype(dtype: Any, device: str = "cpu", *, setting: str = "dtype"):
     if isinstance(dtype, torch.dtype):
         warn_if_slow_on_cpu(dtype, device, setting=setting)
         return dtype
-    name = DTYPE_NAMES.get(str(dtype).removeprefix("torch."))
+    name = DTYPE_NAMES.get(str(dtype).removeprefix("torch."))  # torch.dtype objects returned above
     if name is None:
         raise DeviceError(f"unknown dtype '{dtype}' for {setting}: use 'float32', 'bfloat16', 'float16' or 'auto'")
     warn_if_slow_on_cpu(name, device, setting=setting)

@@ -95,12 +95,6 @@ def _torch():
     return require("torch", "hf", _PURPOSE)
 
 
-def _device_of(model: Any) -> str:
-    """The device of a loaded model's first parameter ('cpu' for a model without parameters)."""
-    param = next(iter(model.parameters()), None)
-    return str(param.device) if param is not None else "cpu"
-
-
 @dataclass
 class _Batch:
     """Rows being decoded together: their KV cache, mask, next positions and pending next-token logits."""
@@ -179,7 +173,7 @@ class HFEngine(LocalPrompts):
             self.model, self.tokenizer = model, tokenizer
             if device not in (None, "auto") or dtype not in (None, "auto"):
                 target_device = resolve_device(device) if device not in (None, "auto") else None
-                target_dtype = resolve_dtype(dtype, target_device or _device_of(self.model),
+                target_dtype = resolve_dtype(dtype, target_device or str(self.device),
                                              setting=dtype_setting) if dtype not in (None, "auto") else None
                 self.model.to(device=target_device, dtype=target_dtype)
             default_name = Path(str(getattr(self.model.config, "name_or_path", "") or "model")).name or "model"
