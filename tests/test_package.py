@@ -19,8 +19,16 @@ def test_version_and_typed_marker():
     assert (pathlib.Path(turngym.__file__).parent / "py.typed").exists()
 
 
+def _data_packages() -> set[str]:
+    """The folders pyproject lists as packages that hold only data (no ``__init__.py``)."""
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    return {p for p in listed if not (ROOT.joinpath(*p.split(".")[1:]) / "__init__.py").exists()}
+
+
 def test_every_subpackage_is_listed_in_pyproject():
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    setuptools_cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = _data_packages()
+    listed = set(setuptools_cfg["packages"]) - data
     found = {"turngym"}
     for init in ROOT.rglob("__init__.py"):
         rel = init.parent.relative_to(ROOT)
@@ -30,6 +38,15 @@ def test_every_subpackage_is_listed_in_pyproject():
         if rel.parts:
             found.add("turngym." + ".".join(rel.parts))
     assert found == listed, f"pyproject.toml [tool.setuptools] packages must list exactly {sorted(found)}"
+    # A data folder is a listed package with its own package-data entry, and no package-data pattern reaches
+    # into a subfolder: setuptools would warn (and one day stop shipping it) for a folder missing from `packages`.
+    package_data = setuptools_cfg["package-data"]
+    for name in data:
+        folder = ROOT.joinpath(*name.split(".")[1:])
+        assert folder.is_dir() and any(f.is_file() for f in folder.iterdir()), f"{name}: no data files in {folder}"
+        assert name in package_data, f"pyproject.toml: data package {name} has no [tool.setuptools.package-data] entry"
+    deep = {pkg: pats for pkg, pats in package_data.items() if any("/" in pat for pat in pats)}
+    assert not deep, f"list each data folder as a package with its own package-data entry instead: {deep}"
 
 
 def test_cli_entry_point_runs():
@@ -57,6 +74,10 @@ def test_install_into_a_fresh_venv(tmp_path, editable):
     if not editable:
         assert (installed_at / "envs" / "game24" / "data" / "24.csv").exists()
         assert (installed_at / "envs" / "blocksworld" / "data" / "step_6.json").exists()
+        for name in _data_packages():  # every data folder, with every file the checkout has in it
+            rel = pathlib.Path(*name.split(".")[1:])
+            shipped = {f.name for f in (ROOT / rel).iterdir() if f.is_file()}
+            assert shipped <= {f.name for f in (installed_at / rel).iterdir()}, name
 
 
 def test_the_lock_satisfies_every_declared_range():
