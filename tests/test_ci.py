@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -39,6 +40,8 @@ def ci_targets() -> list[str]:
     targets = []
     for line in (ROOT / ".ci" / "run").read_text().splitlines():
         words = shlex.split(line, comments=True)
+        if words[:1] == ["step"]:  # `step make TARGET`: timed (the step-timing block)
+            words = words[1:]
         if words[:1] == ["make"]:
             targets += [w for w in words[1:] if not w.startswith("-") and "=" not in w]
     return targets
@@ -76,6 +79,59 @@ def test_ci_calls_only_makefile_targets():
     targets = ci_targets()
     assert {"setup", "test", "test-slow", "test-integration", "test-alfworld", "test-vllm"} <= set(targets)
     assert set(targets) <= makefile_targets(), f"unknown targets: {sorted(set(targets) - makefile_targets())}"
+
+
+def test_every_command_in_ci_is_a_timed_step():
+    lines = [shlex.split(line, comments=True) for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert not [w for w in lines if w[:1] == ["make"]], "run each make target as `step make ...` (timed)"
+
+
+def _step_timing_block() -> str:
+    text = (ROOT / ".ci" / "run").read_text()
+    start, end = text.index("# ---- step timing"), text.index("# ---- end of step timing")
+    return text[start:end]
+
+
+def _run_ci_script(tmp_path, steps: str, *, terminate_after: float | None = None):
+    script = tmp_path / "run"
+    script.write_text("#!/usr/bin/env bash\nset -euo pipefail\n" + _step_timing_block() + steps)
+    proc = subprocess.Popen(["bash", str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    if terminate_after is not None:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(terminate_after)
+        proc.terminate()
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out
+
+
+def test_ci_prints_each_steps_time_and_stops_at_the_first_failure(tmp_path):
+    rc, out = _run_ci_script(tmp_path, "step true\nstep bash -c 'exit 3'\nstep touch never\n")
+    assert rc == 3, out
+    summary = out[out.index(".ci/run step times"):]
+    assert re.search(r"^  \d+ true \(exit 0\)$", summary, flags=re.MULTILINE), summary
+    assert re.search(r"^  \d+ bash -c exit 3 \(exit 3\)$", summary, flags=re.MULTILINE), summary
+    assert "total" in summary and "exit 3" in summary.splitlines()[-1]
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_terminated_ci_names_the_running_step_and_stops_its_whole_tree(tmp_path):
+    # the step's grandchild (a sleep under bash) writes its pid; a TERM to .ci/run must end it too
+    step = "step bash -c 'sleep 300 & echo $! > grandchild; touch started; wait'\nstep touch never\n"
+    t0 = time.monotonic()
+    rc, out = _run_ci_script(tmp_path, "step true\n" + step, terminate_after=0.5)
+    assert rc == 143 and time.monotonic() - t0 < 30, out
+    summary = out[out.index(".ci/run step times"):]
+    assert "(interrupted)" in summary and "sleep 300" in summary, summary
+    assert re.search(r"^  \d+ true \(exit 0\)$", summary, flags=re.MULTILINE), summary
+    assert not (tmp_path / "never").exists()
+    pid = int((tmp_path / "grandchild").read_text())
+    deadline = time.monotonic() + 10
+    while pathlib.Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pathlib.Path(f"/proc/{pid}").exists() or "Z" in pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
 def test_ci_and_the_makefile_make_a_missing_stack_an_error():
