@@ -27,12 +27,24 @@ def _real_stack():
         pytest.skip("needs the real ALFWorld stack: pip install 'turngym[alfworld]'")
 
 
-def _run(tasks, walk_steps: int) -> FidelityReport:
+def _run(tasks, walk_steps: int, seeds=None) -> FidelityReport:
     envs = (ALFWorldEnv(), ALFWorldEnv(engine="textworld"))
     report = FidelityReport()
-    for i, task in enumerate(tasks):
+    for i, task in zip(seeds if seeds is not None else range(len(tasks)), tasks):
         compare_task(task, walk_steps=walk_steps, seed=i, report=report, envs=envs)
     return report
+
+
+# The two sweeps below take ~10 s a game in the real engine (its text generator parses every sentence with
+# tatsu), ~30 min in all on one core: each is cut into SHARDS interleaved parts, so `make test-alfworld`
+# (pytest -n 2) spreads them over the cores. Game i keeps seed i, whatever the shard count: the same walks
+# as one serial sweep.
+SHARDS = 4
+
+
+def _shard(tasks: list, shard: int) -> tuple[list, list[int]]:
+    seeds = list(range(len(tasks)))[shard::SHARDS]
+    return [tasks[i] for i in seeds], seeds
 
 
 def test_fidelity_sample_one_game_per_task_type():
@@ -62,17 +74,25 @@ def test_textworld_engine_plays_through_the_env_api():
 
 
 @pytest.mark.slow
-def test_fidelity_on_every_valid_seen_game():
-    report = _run(load_split("valid_seen"), walk_steps=30)
-    print(f"games={report.games} steps={report.steps} mismatches={len(report.mismatches)}")
-    assert report.games == 140
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_fidelity_on_every_valid_seen_game(shard):
+    tasks = load_split("valid_seen")
+    assert len(tasks) == 140  # every shard's slice together: all of them
+    part, seeds = _shard(tasks, shard)
+    report = _run(part, walk_steps=30, seeds=seeds)
+    print(f"shard {shard}: games={report.games} steps={report.steps} mismatches={len(report.mismatches)}")
+    assert report.games == len(part) == 35
     assert report.mismatches == [], report.mismatches[:5]
 
 
 @pytest.mark.slow
-def test_fidelity_on_train_sample_games():
-    report = _run(load_split("train_sample")[::4], walk_steps=30)
-    assert report.games == 50
+@pytest.mark.parametrize("shard", range(SHARDS))
+def test_fidelity_on_train_sample_games(shard):
+    tasks = load_split("train_sample")[::4]
+    assert len(tasks) == 50
+    part, seeds = _shard(tasks, shard)
+    report = _run(part, walk_steps=30, seeds=seeds)
+    assert report.games == len(part) == (13 if shard < 2 else 12)
     assert report.mismatches == [], report.mismatches[:5]
 
 
