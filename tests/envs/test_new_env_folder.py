@@ -191,15 +191,22 @@ def test_a_subclass_elsewhere_uses_its_parents_data_and_bad_tools_are_named(plug
 
 
 def test_every_in_repo_env_data_file_ships_in_the_wheel():
-    """pyproject's package-data covers every file of every env folder that is not Python source."""
+    """pyproject's package-data covers every file of every env folder that is not Python source. A data
+    folder (no ``__init__.py``) is a listed package with its own package-data entry (tests/test_package.py)."""
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    env_packages = [p for p in tool["packages"] if p.startswith("turngym.envs.")]
+    folders = {ROOT.joinpath(*p.split(".")[1:]): p for p in tool["packages"]}
+    shipped = {f for folder, package in folders.items()
+               for pattern in tool.get("package-data", {}).get(package, []) for f in folder.glob(pattern) if f.is_file()}
+    env_packages = [p for p in tool["packages"] if p.startswith("turngym.envs.")
+                    and (ROOT.joinpath(*p.split(".")[1:]) / "__init__.py").exists()]
     assert env_packages
     for package in env_packages:
         folder = ROOT.joinpath(*package.split(".")[1:])
         data = {p for p in folder.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
                 and "__pycache__" not in p.parts
                 and not (p.parent != folder and (p.parent / "__init__.py").exists())}  # a subpackage's own
-        shipped = {p for pattern in tool.get("package-data", {}).get(package, []) for p in folder.glob(pattern)}
         missing = sorted(str(p.relative_to(ROOT)) for p in data - shipped)
-        assert not missing, f"add these to [tool.setuptools.package-data] {package!r} in pyproject.toml: {missing}"
+        owners = sorted({folders.get(ROOT / Path(m).parent,
+                                     f"turngym.{Path(m).parent.as_posix().replace('/', '.')} (list it in packages too)")
+                         for m in missing})
+        assert not missing, f"add these to [tool.setuptools.package-data] of {owners} in pyproject.toml: {missing}"
