@@ -195,8 +195,9 @@ def test_every_in_repo_env_data_file_ships_in_the_wheel():
     folder (no ``__init__.py``) is a listed package with its own package-data entry (tests/test_package.py)."""
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {ROOT.joinpath(*p.split(".")[1:]): p for p in tool["packages"]}
+    package_data = tool.get("package-data", {})
     shipped = {f for folder, package in folders.items()
-               for pattern in tool.get("package-data", {}).get(package, []) for f in folder.glob(pattern) if f.is_file()}
+               for pattern in package_data.get(package, []) for f in folder.glob(pattern) if f.is_file()}
     env_packages = [p for p in tool["packages"] if p.startswith("turngym.envs.")
                     and (ROOT.joinpath(*p.split(".")[1:]) / "__init__.py").exists()]
     assert env_packages
