@@ -127,11 +127,30 @@ def test_a_terminated_ci_names_the_running_step_and_stops_its_whole_tree(tmp_pat
     assert "(interrupted)" in summary and "sleep 300" in summary, summary
     assert re.search(r"^  \d+ true \(exit 0\)$", summary, flags=re.MULTILINE), summary
     assert not (tmp_path / "never").exists()
-    pid = int((tmp_path / "grandchild").read_text())
-    deadline = time.monotonic() + 10
-    while pathlib.Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+    assert _ends(int((tmp_path / "grandchild").read_text()))
+
+
+def _ends(pid: int, wait_s: float = 10.0) -> bool:
+    """Whether process ``pid`` is gone (or a zombie) within ``wait_s``."""
+    proc = pathlib.Path(f"/proc/{pid}")
+    deadline = time.monotonic() + wait_s
+    while proc.exists() and time.monotonic() < deadline:
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
         time.sleep(0.05)
-    assert not pathlib.Path(f"/proc/{pid}").exists() or "Z" in pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2]
+    return not proc.exists()
+
+
+def test_a_step_that_ignores_term_is_killed_after_a_grace_period(tmp_path):
+    step = "step bash -c 'trap \"\" TERM; sleep 300 & echo $! > grandchild; touch started; wait'\n"
+    t0 = time.monotonic()
+    rc, out = _run_ci_script(tmp_path, step, terminate_after=0.5)
+    assert rc == 143 and time.monotonic() - t0 < 40, out
+    assert "(interrupted)" in out
+    assert _ends(int((tmp_path / "grandchild").read_text()))
 
 
 def test_ci_and_the_makefile_make_a_missing_stack_an_error():
