@@ -41,7 +41,8 @@ Five measurements, each printed as a table and written to ``--out`` (JSON):
 ``--dtype`` sets the engine's dtype for every run of a part (the sequential
 baseline and the batched runs alike, so ratios compare like with like); its
 default ``auto`` is bfloat16 for the hf engine on a CPU with native bf16, AMX-BF16
-or AVX512-BF16 (see ``_bench_dtype``), so compare with ``--dtype float32`` for the float32 numbers.
+or AVX512-BF16 (see ``_bench_dtype``), so compare with ``--dtype float32`` for the
+float32 numbers.
 
     python -m turngym.benchmarks.rollout_throughput                       # all three, embedded SmolLM2
     python -m turngym.benchmarks.rollout_throughput --parts batch --episodes 16 --batch 16
@@ -529,9 +530,9 @@ def _bench_dtype(dtype: str, model: str) -> str:
     """``--dtype auto``: bfloat16 for the hf engine on a CPU with native bf16 matmuls, AMX-BF16 or AVX512-BF16
     (``cpu_has_native``; on AMX, at 16 rows of a ReAct prompt, bf16 prefills ~3x and decodes ~1.6x faster than
     float32, while one row decodes ~1.3x slower; on an AVX512-BF16 AMD EPYC without AMX the batched runs took
-    16.6 s in bf16 against 37.5 s in float32: see ``--parts batch --dtype float32``); else the engine's own default. Log-probs differ from float32 by up to
-    ~0.17 nats (mean ~0.016) on SmolLM2; the engine's own default stays float32 on CPU (a trainer shares its
-    weights)."""
+    16.6 s in bf16 against 37.5 s in float32: see ``--parts batch --dtype float32``); else the engine's own
+    default. Log-probs differ from float32 by up to ~0.17 nats (mean ~0.016) on SmolLM2; the engine's own
+    default stays float32 on CPU (a trainer shares its weights)."""
     if dtype != "auto" or model.startswith(("vllm:", "openai:")):
         return dtype
     import torch
@@ -574,8 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--dtype", default="auto",
                    help="engine dtype for every run (sequential and batched alike): auto (bfloat16 for the hf engine "
-                        "on a CPU with native bf16, AMX-BF16 or AVX512-BF16, else the engine's own: float32 for hf on CPU, bfloat16 for vllm), "
-                        "float32 or bfloat16")
+                        "on a CPU with native bf16, AMX-BF16 or AVX512-BF16, else the engine's own: float32 for hf "
+                        "on CPU, bfloat16 for vllm), float32 or bfloat16")
     p.add_argument("--out", default="results/rollout_throughput.json")
     args = p.parse_args(argv)
     from turngym.keyvalue import parse_key_values

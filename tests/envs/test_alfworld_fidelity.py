@@ -27,24 +27,23 @@ def _real_stack():
         pytest.skip("needs the real ALFWorld stack: pip install 'turngym[alfworld]'")
 
 
-def _run(tasks, walk_steps: int, seeds=None) -> FidelityReport:
-    envs = (ALFWorldEnv(), ALFWorldEnv(engine="textworld"))
-    report = FidelityReport()
-    for i, task in zip(seeds if seeds is not None else range(len(tasks)), tasks):
-        compare_task(task, walk_steps=walk_steps, seed=i, report=report, envs=envs)
-    return report
-
-
-# The two sweeps below take ~10 s a game in the real engine (its text generator parses every sentence with
+# The two sweeps at the end take ~10 s a game in the real engine (its text generator parses every sentence with
 # tatsu), ~30 min in all on one core: each is cut into SHARDS interleaved parts, so `make test-alfworld`
 # (pytest -n 2) spreads them over the cores. Game i keeps seed i, whatever the shard count: the same walks
 # as one serial sweep.
 SHARDS = 4
 
 
-def _shard(tasks: list, shard: int) -> tuple[list, list[int]]:
-    seeds = list(range(len(tasks)))[shard::SHARDS]
-    return [tasks[i] for i in seeds], seeds
+def _run(tasks, walk_steps: int, shard: int | None = None) -> FidelityReport:
+    """Game i of ``tasks`` played with seed i; with ``shard``, only games shard, shard + SHARDS, ..."""
+    games = list(enumerate(tasks))
+    if shard is not None:
+        games = games[shard::SHARDS]
+    envs = (ALFWorldEnv(), ALFWorldEnv(engine="textworld"))
+    report = FidelityReport()
+    for i, task in games:
+        compare_task(task, walk_steps=walk_steps, seed=i, report=report, envs=envs)
+    return report
 
 
 def test_fidelity_sample_one_game_per_task_type():
@@ -78,10 +77,9 @@ def test_textworld_engine_plays_through_the_env_api():
 def test_fidelity_on_every_valid_seen_game(shard):
     tasks = load_split("valid_seen")
     assert len(tasks) == 140  # every shard's slice together: all of them
-    part, seeds = _shard(tasks, shard)
-    report = _run(part, walk_steps=30, seeds=seeds)
+    report = _run(tasks, walk_steps=30, shard=shard)
     print(f"shard {shard}: games={report.games} steps={report.steps} mismatches={len(report.mismatches)}")
-    assert report.games == len(part) == 35
+    assert report.games == 35
     assert report.mismatches == [], report.mismatches[:5]
 
 
@@ -90,9 +88,8 @@ def test_fidelity_on_every_valid_seen_game(shard):
 def test_fidelity_on_train_sample_games(shard):
     tasks = load_split("train_sample")[::4]
     assert len(tasks) == 50
-    part, seeds = _shard(tasks, shard)
-    report = _run(part, walk_steps=30, seeds=seeds)
-    assert report.games == len(part) == (13 if shard < 2 else 12)
+    report = _run(tasks, walk_steps=30, shard=shard)
+    assert report.games == (13 if shard < 2 else 12)
     assert report.mismatches == [], report.mismatches[:5]
 
 
