@@ -35,7 +35,11 @@ session, on a GPU say, picks up where the last one stopped):
    the action the bot played and the env must accept it
    (``record.json: replay``).
 2. SFT (``OUT/sft/sft.json``, checkpoint under ``OUT/sft``): the SFT trainer
-   (``data.source`` = that file) from the base model. Its built-in evaluation
+   (``data.source`` = that file) from the base model, each step whole village
+   trajectories (``--batch-by trajectory``, ``data.batch_by``), so a seat's
+   turns, whose prompts repeat the game so far, share that transcript in one
+   forward (``optim.share_prefix``'s prefix tree: about 2.9x fewer tokens run
+   on the 64 recorded games, ``benchmarks/sft_sharing.py``). Its built-in evaluation
    runs gym episodes, which a PettingZoo env has not, so ``run.eval_tasks=0``
    and phase 3 evaluates.
 3. Evaluation (``OUT/eval/{rule,base,sft}/games.jsonl``): the village against
@@ -49,7 +53,10 @@ session, on a GPU say, picks up where the last one stopped):
    (the env's verdict on each turn) and unparsable-reply rate, and the
    engine's prompt-side work (``OUT/eval/NAME/prefill.jsonl``, a line per
    chunk: prompt tokens, the share the prefix cache served, tokens prefilled,
-   padding), printed per chunk: prefill of ~600-token prompts is the cost.
+   padding), printed per chunk: prefill of ~600-token prompts is the cost. The
+   engine's prefix cache holds ``--prefix-cache-gib`` (default 4 GiB; 16
+   games' village seats keep ~2.5 GB of transcripts in fp32, over the
+   engine's 1 GiB default), so a seat's next turn prefills only what is new.
 4. Optional self-play (``--selfplay-iterations N``, default 0: off;
    ``OUT/selfplay``): N iterations of the self-play recipe
    (``configs/selfplay_werewolf.yaml``, GRPO; ``--selfplay-lineup``, default
@@ -282,7 +289,7 @@ def sft(out: Path, base: str, data: str, turns: int, args: argparse.Namespace, q
     sft_dir = out / "sft"
     done = read_json(sft_dir / "sft.json")
     inputs = {"data_turns": turns, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-              "only_won": bool(args.only_won), "autocast": args.autocast}
+              "batch_by": args.batch_by, "only_won": bool(args.only_won), "autocast": args.autocast}
     if done and Path(done["checkpoint"], "config.json").is_file() and done.get("inputs") == inputs:
         print(f"SFT: done ({done['checkpoint']})", flush=True)
         return done
@@ -291,7 +298,8 @@ def sft(out: Path, base: str, data: str, turns: int, args: argparse.Namespace, q
         shutil.rmtree(stale, ignore_errors=True)
     overrides = [f"model.path={base}", f"env.id={ENV_ID}", "agent.name=werewolf", f"data.source={data}",
                  f"data.only_won={str(bool(args.only_won)).lower()}", f"data.epochs={args.epochs}",
-                 f"data.batch_size={args.batch_size}", f"optim.lr={args.lr}", f"run.dir={sft_dir}",
+                 f"data.batch_size={args.batch_size}", f"data.batch_by={args.batch_by}", f"optim.lr={args.lr}",
+                 f"run.dir={sft_dir}",
                  "run.eval_tasks=0", "run.save_rollouts=false", "run.progress=false", "run.tensorboard=false",
                  "run.keep_checkpoints=1", "run.seed=0", f"model.autocast={args.autocast}"]
     if args.threads or quick:
@@ -379,7 +387,8 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
     if todo and model is not None:
         from turngym.agents.engines.hf import HFEngine
 
-        engine = HFEngine(model, dtype=args.dtype, progress=False)
+        engine = HFEngine(model, dtype=args.dtype, progress=False,
+                          prefix_cache_bytes=int(args.prefix_cache_gib * (1 << 30)))
     chunk = max(1, args.max_concurrent)
     if todo:
         print(f"eval {name}: {len(todo)} of {args.eval_games} games to play", flush=True)
@@ -522,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help=f"SFT epochs (default {DEFAULTS['epochs']})")
     p.add_argument("--lr", type=float, default=None, help=f"SFT learning rate (default {DEFAULTS['lr']})")
     p.add_argument("--batch-size", type=int, default=None, help="SFT samples per step (default 8)")
+    p.add_argument("--batch-by", default="trajectory", choices=("trajectory", "sample"),
+                   help="SFT steps of whole village trajectories, whose turns share their repeated transcript in "
+                        "one forward (default), or of shuffled turns (data.batch_by)")
     p.add_argument("--eval-games", type=int, default=None,
                    help=f"evaluation deals, the same for every row (default {DEFAULTS['eval_games']})")
     p.add_argument("--skip", default="", help="comma list of evaluation rows not to play now: rule, base, sft "
@@ -531,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=None, help="LLM seats' reply budget (default 96)")
     p.add_argument("--max-concurrent", type=int, default=8,
                    help="games in flight, and the evaluation's resume chunk (default 8)")
+    p.add_argument("--prefix-cache-gib", type=float, default=4.0,
+                   help="the evaluation engine's prefix KV cache bound in GiB (default 4: 16 games' village seats "
+                        "keep their transcripts, ~46 KB a token in fp32; the engine's own default is 1)")
     p.add_argument("--autocast", default="none", choices=("none", "bfloat16"),
                    help="compute dtype of the SFT and self-play updates (model.autocast; weights stay fp32)")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the SFT (0: the trainer's default)")
@@ -545,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, base_defaults[key])
     if args.max_tokens is None:
         args.max_tokens = QUICK["max_tokens"] if args.quick else 96
+    if args.prefix_cache_gib < 0:
+        p.error(f"--prefix-cache-gib must be >= 0, got {args.prefix_cache_gib}")
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if unknown := skip - set(ROWS):
         p.error(f"--skip: unknown rows {sorted(unknown)} (use {', '.join(ROWS)})")
@@ -588,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(r)
     result = {"env": ENV_ID, "lineup": EVAL_LINEUP, "preset": args.preset, "base_model": base,
               "eval_games": args.eval_games, "eval_seeds": [0, args.eval_games - 1], "dtype": args.dtype,
-              "autocast": args.autocast,
+              "autocast": args.autocast, "batch_by": args.batch_by, "prefix_cache_gib": args.prefix_cache_gib,
               "temperature": args.temperature, "max_tokens": args.max_tokens, "quick": args.quick,
               "record": rec, "sft": tuned, "selfplay": played, "rows": rows, "session_seconds": time.perf_counter() - t0}
     write_json_atomic(out / "results.json", result)

@@ -48,6 +48,17 @@ def test_results_structure(quick_run):
     replay = rec["replay"]
     assert replay["accepted"] == replay["parsed"] == replay["turns"] == rec["turns"]
     assert result["sft"]["samples"] > 0 and result["sft"]["episodes"] == rec["trajectories"]  # all games kept
+    # the SFT steps are whole village trajectories (their turns share the transcript in one forward)
+    assert result["sft"]["inputs"]["batch_by"] == result["batch_by"] == "trajectory"
+    assert result["prefix_cache_gib"] == 4.0
+
+
+def test_bad_prefix_cache_bound_is_a_usage_error(tmp_path, capsys):
+    from turngym.benchmarks import werewolf_learn
+
+    with pytest.raises(SystemExit):
+        werewolf_learn.main(["--quick", "--out", str(tmp_path), "--prefix-cache-gib", "-1"])
+    assert "--prefix-cache-gib must be >= 0" in capsys.readouterr().err
 
 
 def _renderer(out):

@@ -237,6 +237,10 @@ class SFTData:
     only_won: bool = _f(True, "train only on won episodes (jsonl source)")
     epochs: int = _f(2, "passes over the data")
     batch_size: int = _f(8, "samples per optimizer step")
+    batch_by: str = _f("sample", "what a step draws: 'sample' (batch_size shuffled samples) or 'trajectory' "
+                       "(shuffled whole trajectories, as many as fit batch_size samples, at least one: a "
+                       "trajectory's turns then share their repeated transcript in one forward under "
+                       "optim.share_prefix)")
 
 
 @dataclass
@@ -708,6 +712,8 @@ def _check_data(d: SFTData) -> None:
     _at_least("data.episodes", d.episodes, 1)
     _at_least("data.epochs", d.epochs, 1)
     _at_least("data.batch_size", d.batch_size, 1)
+    if d.batch_by not in ("sample", "trajectory"):
+        raise ConfigError(f"data.batch_by={d.batch_by!r}: use 'sample' or 'trajectory'")
 
 
 def validate_config(config: Any) -> Any:

@@ -37,6 +37,7 @@ Depends on torch and ``turngym.kernels`` (the fused op and the one log-prob refe
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -99,9 +100,11 @@ def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch
         position_ids: ``[B, T]`` (default: 0, 1, ... over each row's real tokens).
         chunk_size: tokens per chunk for the chunked path (default: ``CHUNK_ELEMENTS // vocab``).
         impl: ``"auto"`` (kernel if available, else chunked), ``"chunked"`` or ``"reference"``.
-        share_prefix: run the decoder once on the ids every row starts with (a group's prompt) and
-            the rows' remainders on its KV cache (:func:`shared_prefix_length` says when); the same
-            values within float rounding, gradients included, for ``(B - 1) x prefix`` fewer tokens.
+        share_prefix: compute what rows share once: the ids every row starts with (a group's prompt)
+            run once and the rows' remainders on its KV cache (:func:`shared_prefix_length` says when),
+            or, when it saves more, the rows' whole prefix tree as one packed sequence (:func:`_prefix_tree`:
+            a trajectory's turns whose prompts repeat the transcript before them); the same values within
+            float rounding, gradients included, for fewer tokens.
 
     Returns:
         ``logprobs`` ``[B, T]`` float32, or ``(logprobs, entropy)`` with
@@ -125,6 +128,17 @@ def sequence_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch
                                            loss_mask=loss_mask, position_ids=position_ids)
     want = _targets_mask(input_ids, attention_mask, loss_mask)
     p = shared_prefix_length(input_ids, attention_mask, want, model) if share_prefix else 0
+    tree = _prefix_tree(input_ids, attention_mask, position_ids, p) if share_prefix and _cache_safe(model) else None
+    if tree is not None:
+        # Every token several rows hold at the same place runs once (the rows' prefix tree, one packed sequence);
+        # the hidden state of row b's position t is the tree node's: node[b, t].
+        ids, pos, node, mask = tree
+        out = decoder(input_ids=ids[None], attention_mask=mask, position_ids=pos[None], use_cache=False)
+        hidden = (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0])[0]
+        rows, cols = want.nonzero(as_tuple=True)  # position t is predicted by the hidden state at t - 1
+        logp, ent = token_logprobs(hidden[node[rows, cols - 1]], head, input_ids[rows, cols], temperature=temperature,
+                                   with_entropy=with_entropy, chunk_size=chunk_size, use_kernel=impl == "auto")
+        return _scatter(want, logp, ent, with_entropy)
     if p:
         hidden = _prefix_shared_hidden(decoder, input_ids, attention_mask, position_ids, p)
     else:
@@ -155,7 +169,7 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     whose layers crop it (sliding windows).
     """
     b, t = input_ids.shape
-    if b < 2 or t < 2 or _checkpointing(model) or _windowed(model):
+    if b < 2 or t < 2 or not _cache_safe(model):
         return 0
     same = (input_ids == input_ids[:1]).all(0) & attention_mask.bool().all(0)
     lcp = int(same.long().cumprod(0).sum())
@@ -164,6 +178,12 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     shortest = int(attention_mask.long().sum(-1).min())
     p = min(lcp, first_wanted - 1, shortest - 1)
     return p if p >= MIN_SHARED_PREFIX else 0
+
+
+def _cache_safe(model: Any) -> bool:
+    """Whether attention over shared positions gives what one row's own causal pass gives: not under gradient
+    checkpointing (it turns the cache off) nor with sliding-window layers (they crop it)."""
+    return not _checkpointing(model) and not _windowed(model)
 
 
 def _checkpointing(model: Any) -> bool:
@@ -209,6 +229,12 @@ def _prefix_shared_hidden(decoder: Any, input_ids: torch.Tensor, attention_mask:
 MAX_PACKED_SCORES = 1 << 23
 
 
+def max_tree_tokens() -> int:
+    """The most tokens a micro-batch's prefix tree may hold to be packed (:func:`_prefix_tree`: ``U x U`` scores
+    within :data:`MAX_PACKED_SCORES`); the SFT trainer's micro-batch budget under ``optim.share_prefix``."""
+    return math.isqrt(MAX_PACKED_SCORES)
+
+
 def _packed_remainders(attention_mask: torch.Tensor, position_ids: torch.Tensor, p: int):
     """The rows' remainders after the shared ``p`` positions as ONE packed sequence, or None.
 
@@ -236,6 +262,58 @@ def _packed_remainders(attention_mask: torch.Tensor, position_ids: torch.Tensor,
     causal = cols[None, :] <= cols[:, None]
     mask = torch.cat([torch.ones((total, p), dtype=torch.bool, device=real.device), same & causal], dim=1)
     return rows, cols, pos, mask[None, None]
+
+
+def _prefix_tree(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, p: int):
+    """The rows as their prefix tree, packed into ONE sequence, when that computes fewer tokens; else None.
+
+    A token that several rows hold after the same ids (at the same positions) is one node of the tree, so
+    the rows of a multi-turn trajectory (each turn's prompt repeats the transcript before it) or of one
+    system prompt share everything they have in common, not only what ALL rows start with (the ``p`` of
+    :func:`shared_prefix_length`). Rows are walked in sorted order: a row's longest common prefix with any
+    earlier row is the one with the row just before it. Every node attends to its ancestors and itself,
+    which is exactly what each of its rows' tokens sees in that row's own causal pass; the node's position
+    id is the rows'. Returns ``(ids [U], positions [U], node [B, T], mask [1, 1, U, U])``, ``node[b, t]``
+    being the packed index of row b's position t (0 at padding). None when a row is not right padded, the
+    tree saves under a tenth of the tokens the other paths run (``p`` shared once and the rest packed, or
+    every padded position when ``p`` is 0), or its score matrix would exceed :data:`MAX_PACKED_SCORES`.
+    """
+    real = attention_mask.bool()
+    b, t = input_ids.shape
+    lengths = real.long().sum(-1)
+    if b < 2 or not bool((real == (torch.arange(t, device=real.device)[None] < lengths[:, None])).all()):
+        return None
+    ids_rows, pos_rows = input_ids.tolist(), position_ids.tolist()
+    keys = [list(zip(ids_rows[r][:n], pos_rows[r][:n])) for r, n in enumerate(lengths.tolist())]
+    order = sorted(range(b), key=lambda r: keys[r])
+    node = torch.zeros((b, t), dtype=torch.long)
+    packed_ids: list[int] = []
+    packed_pos: list[int] = []
+    prev: int | None = None
+    for r in order:
+        key, shared = keys[r], 0
+        if prev is not None:
+            limit = min(len(key), len(keys[prev]))
+            while shared < limit and key[shared] == keys[prev][shared]:
+                shared += 1
+            node[r, :shared] = node[prev, :shared]
+        fresh = key[shared:]
+        node[r, shared:len(key)] = torch.arange(len(packed_ids), len(packed_ids) + len(fresh))
+        packed_ids += [i for i, _ in fresh]
+        packed_pos += [q for _, q in fresh]
+        prev = r
+    u = len(packed_ids)
+    total = int(lengths.sum())
+    other = p + total - b * p if p else b * t
+    if u * u > MAX_PACKED_SCORES or u > 0.9 * other:
+        return None
+    mask = torch.zeros((u, u), dtype=torch.bool)
+    for r, n in enumerate(lengths.tolist()):
+        i, j = torch.tril_indices(n, n)
+        mask[node[r, i], node[r, j]] = True
+    device = input_ids.device
+    return (torch.tensor(packed_ids, dtype=torch.long, device=device),
+            torch.tensor(packed_pos, dtype=torch.long, device=device), node.to(device), mask.to(device)[None, None])
 
 
 def _scatter(want: torch.Tensor, logp: torch.Tensor, ent: torch.Tensor | None, with_entropy: bool):

@@ -21,6 +21,12 @@ mask 1 on response ids only), and the loss is the token-mean negative
 log-likelihood through :func:`~turngym.trainers.logprobs.sequence_logprobs`
 (``model.autocast=bfloat16``: the forward and backward in bf16, the weights,
 gradients and AdamW in ``model.dtype``, as in the RL trainer).
+Steps (:func:`step_plan`): ``data.batch_size`` shuffled samples
+(``data.batch_by=sample``) or whole shuffled trajectories
+(``data.batch_by=trajectory``). Under ``optim.share_prefix`` (default on)
+micro-batches are packed by their prefix tree's size and what their rows
+share runs once: a system prompt, and with whole trajectories the transcript
+each turn's prompt repeats (``benchmarks/sft_sharing.py``).
 The result is a checkpoint folder that ``turngym bench --model`` and the RL
 recipes (``model.path=RUN_DIR/checkpoint-N``) load. The evaluations before and
 after training are logged as the RL trainer's (``metrics.jsonl``, TensorBoard,
@@ -106,6 +112,42 @@ def oracle_trajectories(engine: Any, agent: Any, env_id: str, *, split: str, epi
     return out
 
 
+def step_plan(samples: list[Any], epochs: int, batch_size: int, batch_by: str,
+              rng: np.random.Generator) -> list[tuple[int, list[int]]]:
+    """The optimizer steps of an SFT run: ``(epoch, sample indices)`` each, drawn with ``rng``.
+
+    ``batch_by="sample"``: each epoch a permutation of the samples cut into ``batch_size`` pieces.
+    ``batch_by="trajectory"``: each epoch a permutation of the trajectories (``traj_index``); a step takes
+    them in that order while its samples stay within ``batch_size`` (at least one trajectory), so a
+    trajectory's samples always train together. Within a step, samples are in trajectory then step order
+    (what :func:`~turngym.trainers.tokens.pack_prefix_trees` needs to share a trajectory's transcript).
+    """
+    plan: list[tuple[int, list[int]]] = []
+    if batch_by == "sample":
+        for epoch in range(epochs):
+            order = rng.permutation(len(samples))
+            for start in range(0, len(order), batch_size):
+                plan.append((epoch, sorted(int(i) for i in order[start:start + batch_size])))
+        return plan
+    if batch_by != "trajectory":
+        raise ValueError(f"batch_by must be 'sample' or 'trajectory', got {batch_by!r}")
+    by_traj: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_traj.setdefault(s.traj_index, []).append(i)
+    groups = list(by_traj.values())
+    for epoch in range(epochs):
+        step: list[int] = []
+        for g in rng.permutation(len(groups)):
+            members = groups[int(g)]
+            if step and len(step) + len(members) > batch_size:
+                plan.append((epoch, sorted(step)))
+                step = []
+            step += members
+        if step:
+            plan.append((epoch, sorted(step)))
+    return plan
+
+
 class SFTTrainer:
     """Fine-tunes ``config.model`` on oracle or recorded trajectories (see the module docstring)."""
 
@@ -161,9 +203,15 @@ class SFTTrainer:
         return trajs
 
     def train(self) -> dict[str, Any]:
-        from turngym.trainers.logprobs import sequence_logprobs
+        from turngym.trainers.logprobs import max_tree_tokens, sequence_logprobs
         from turngym.trainers.model import adamw, autocast_enabled, trainable_parameters
-        from turngym.trainers.tokens import build_samples, collate, pack_microbatches, verify_samples
+        from turngym.trainers.tokens import (
+            build_samples,
+            collate,
+            pack_microbatches,
+            pack_prefix_trees,
+            verify_samples,
+        )
 
         torch, cfg = self.torch, self.cfg
         result: dict[str, Any] = {"before": self.evaluate(0)} if cfg.run.eval_tasks else {}
@@ -177,37 +225,41 @@ class SFTTrainer:
         device = next(self.model.parameters()).device
         autocast = autocast_enabled(cfg.model)
         self.model.train()
-        batches = -(-len(samples) // cfg.data.batch_size)
-        bar = progress_bar(cfg.data.epochs * batches, "sft", cfg.run.progress, unit="step")
-        for epoch in range(cfg.data.epochs):
-            order = rng.permutation(len(samples))
-            for start in range(0, len(order), cfg.data.batch_size):
-                idx = [int(i) for i in order[start:start + cfg.data.batch_size]]
-                n_tok = sum(samples[i].num_loss_tokens for i in idx)
-                opt.zero_grad(set_to_none=True)
-                total, correct = 0.0, 0
-                for local in pack_microbatches([len(samples[i]) for i in idx], cfg.optim.micro_batch_tokens):
-                    batch = collate(samples, self.pad_id, indices=[idx[j] for j in local], device=device)
-                    # model.autocast: the forward (and so the backward) in bf16; weights, gradients and AdamW
-                    # stay in model.dtype (the RL trainer's rule)
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                        logp = sequence_logprobs(self.model, batch.input_ids, batch.attention_mask,
-                                                 loss_mask=batch.loss_mask, position_ids=batch.position_ids)
-                    mask = batch.loss_mask > 0
-                    loss = -torch.where(mask, logp, torch.zeros_like(logp)).sum() / max(1, n_tok)
-                    loss.backward()
-                    total += float(loss.detach())
-                    correct += int((logp.detach()[mask] > np.log(0.5)).sum())
-                if cfg.optim.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), cfg.optim.max_grad_norm)
-                opt.step()
-                step += 1
-                self.log.write({"kind": "train", "iteration": step, "epoch": epoch, "nll": total,
-                                "confident_token_frac": correct / max(1, n_tok), "tokens": n_tok,
-                                "time_total": time.perf_counter() - t0})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(epoch=epoch, nll=f"{total:.3f}")
+        plan = step_plan(samples, cfg.data.epochs, cfg.data.batch_size, cfg.data.batch_by, rng)
+        bar = progress_bar(len(plan), "sft", cfg.run.progress, unit="step")
+        share = cfg.optim.share_prefix
+        tree_budget = min(cfg.optim.micro_batch_tokens, max_tree_tokens())
+        for epoch, idx in plan:
+            n_tok = sum(samples[i].num_loss_tokens for i in idx)
+            opt.zero_grad(set_to_none=True)
+            total, correct = 0.0, 0
+            # optim.share_prefix: micro-batches by prefix-tree size, in trajectory order, so what rows share
+            # (a system prompt; a trajectory's repeated transcript) runs once; else by padded size
+            micro = (pack_prefix_trees([samples[i] for i in idx], tree_budget) if share else
+                     pack_microbatches([len(samples[i]) for i in idx], cfg.optim.micro_batch_tokens))
+            for local in micro:
+                batch = collate(samples, self.pad_id, indices=[idx[j] for j in local], device=device)
+                # model.autocast: the forward (and so the backward) in bf16; weights, gradients and AdamW
+                # stay in model.dtype (the RL trainer's rule)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logp = sequence_logprobs(self.model, batch.input_ids, batch.attention_mask,
+                                             loss_mask=batch.loss_mask, position_ids=batch.position_ids,
+                                             share_prefix=share)
+                mask = batch.loss_mask > 0
+                loss = -torch.where(mask, logp, torch.zeros_like(logp)).sum() / max(1, n_tok)
+                loss.backward()
+                total += float(loss.detach())
+                correct += int((logp.detach()[mask] > np.log(0.5)).sum())
+            if cfg.optim.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trainable_parameters(self.model), cfg.optim.max_grad_norm)
+            opt.step()
+            step += 1
+            self.log.write({"kind": "train", "iteration": step, "epoch": epoch, "nll": total,
+                            "confident_token_frac": correct / max(1, n_tok), "tokens": n_tok,
+                            "time_total": time.perf_counter() - t0})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, nll=f"{total:.3f}")
         if bar is not None:
             bar.close()
         opt.zero_grad(set_to_none=True)

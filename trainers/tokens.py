@@ -542,3 +542,42 @@ def pack_microbatches(samples: Sequence[TrainingSample] | Sequence[int], max_tok
     if current:
         batches.append(current)
     return batches
+
+
+def prefix_tree_size(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens in the prefix tree of ``rows``: a token several rows hold after the same ids counts once.
+
+    What ``sequence_logprobs(..., share_prefix=True)`` runs when it packs a micro-batch as its prefix tree
+    (rows numbered 0, 1, ... from their start, as :func:`collate` numbers them). In sorted order a row's
+    longest common prefix with any earlier row is the one with the row just before it.
+    """
+    total, prev = 0, ()
+    for row in sorted(tuple(r) for r in rows):
+        shared, limit = 0, min(len(row), len(prev))
+        while shared < limit and row[shared] == prev[shared]:
+            shared += 1
+        total += len(row) - shared
+        prev = row
+    return total
+
+
+def pack_prefix_trees(samples: Sequence[TrainingSample] | Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
+    """Group samples, in the order given, into micro-batches whose prefix tree (:func:`prefix_tree_size`)
+    stays within ``max_tokens``: the packing for ``share_prefix``, where a micro-batch costs its tree's
+    tokens, not ``rows x longest``. Give a trajectory's samples next to each other (each turn's prompt
+    repeats the transcript before it) and they share it. A sample longer than ``max_tokens`` gets a
+    micro-batch of its own. Returns lists of sample indices; every index appears exactly once, in order.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    rows = [s.input_ids if isinstance(s, TrainingSample) else list(s) for s in samples]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i, row in enumerate(rows):
+        if current and prefix_tree_size([rows[j] for j in current] + [row]) > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches

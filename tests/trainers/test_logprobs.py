@@ -112,6 +112,67 @@ def test_a_shared_prefix_computed_once_gives_the_same_values_and_gradients(torch
     assert shared_prefix_length(ids, mask, mask.bool(), model) == 0
 
 
+@pytest.mark.parametrize("impl", ["chunked", "auto"])
+def test_a_prefix_tree_computed_once_gives_the_same_values_and_gradients(torch, make_tiny_model, tiny_tokenizer,
+                                                                           impl, monkeypatch):
+    """A multi-turn trajectory's turns as SFT rows: each prompt repeats the transcript before it, so the rows share
+    much more than what ALL of them start with. Packed as their prefix tree (each shared token once, every token
+    attending to its ancestors) the log-probs, entropies and gradients are the unshared ones."""
+    import turngym.trainers.logprobs as logprobs_module
+
+    model = make_tiny_model(tiny_tokenizer, seed=2)
+    gen = torch.Generator().manual_seed(5)
+
+    def rand(n):
+        return torch.randint(3, 250, (n,), generator=gen).tolist()
+
+    system, t1, t2, t3 = rand(MIN_SHARED_PREFIX + 2), rand(11), rand(7), rand(9)
+    rows = [system + t1 + rand(3), system + t1 + t2 + rand(4), system + t1 + t2 + t3 + rand(2), system + rand(6)]
+    prompts = [len(r) - n for r, n in zip(rows, (3, 4, 2, 6))]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tiny_tokenizer.pad_token_id, dtype=torch.long)
+    mask, loss_mask = torch.zeros_like(ids), torch.zeros(ids.shape)
+    for i, (r, n) in enumerate(zip(rows, prompts)):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+        loss_mask[i, n:len(r)] = 1  # the replies only, as SFT samples
+    positions = mask.cumsum(-1) - 1
+    tree = logprobs_module._prefix_tree(ids, mask, positions.clamp(min=0) * mask, 0)
+    assert tree is not None
+    packed, pos, node, attend = tree
+    # Worked size: the system prompt and t1 once, t2 once more, t3, and every row's own tail.
+    assert len(packed) == len(system) + 11 + 7 + 9 + 3 + 4 + 2 + 6
+    from turngym.trainers.tokens import prefix_tree_size
+
+    assert prefix_tree_size(rows) == len(packed)
+    # A row's tokens sit at their own positions and see exactly that row's earlier tokens.
+    for r, row in enumerate(rows):
+        n = len(row)
+        assert packed[node[r, :n]].tolist() == row and pos[node[r, :n]].tolist() == list(range(n))
+        sub = attend[0, 0][node[r, :n]][:, node[r, :n]]
+        assert torch.equal(sub, torch.ones(n, n, dtype=torch.bool).tril())
+    weights = torch.randn(ids.shape, generator=gen)
+    results = {}
+    for share in (False, True):
+        model.zero_grad()
+        logp, ent = sequence_logprobs(model, ids, mask, temperature=0.7, with_entropy=True, loss_mask=loss_mask,
+                                      impl=impl, share_prefix=share)
+        ((logp * weights).sum() + (ent * weights.flip(0)).sum()).backward()
+        results[share] = (logp.detach(), ent.detach(), {n: q.grad.clone() for n, q in model.named_parameters()})
+    (l0, e0, g0), (l1, e1, g1) = results[False], results[True]
+    assert torch.allclose(l0, l1, atol=1e-5) and torch.allclose(e0, e1, atol=1e-5)
+    assert (l1[loss_mask == 0] == 0).all() and (l1[loss_mask == 1] < 0).all()
+    for name in g0:
+        assert torch.allclose(g0[name], g1[name], atol=1e-5, rtol=1e-4), name
+    # Not taken: left padding, a tree over the score bound, rows that share (almost) nothing.
+    assert logprobs_module._prefix_tree(ids, mask.flip(-1), positions, 0) is None
+    monkeypatch.setattr(logprobs_module, "MAX_PACKED_SCORES", len(packed) ** 2 - 1)
+    assert logprobs_module._prefix_tree(ids, mask, positions, 0) is None
+    monkeypatch.undo()
+    apart = torch.tensor([rand(20), rand(20)])
+    assert logprobs_module._prefix_tree(apart, torch.ones_like(apart), torch.arange(20).expand(2, 20), 0) is None
+
+
 def test_reference_is_the_plain_formula(torch, tiny_tokenizer, tiny_model):
     ids, mask = padded_batch(torch, tiny_tokenizer, TEXTS[:1])
     with torch.no_grad():

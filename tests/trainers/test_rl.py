@@ -104,13 +104,22 @@ def test_a_bf16_rollout_copy_learns_and_follows_every_update(corridor, word_tok,
 
 
 def test_the_shared_prefix_update_equals_the_plain_one(corridor, word_tok, tmp_path, monkeypatch):
-    """optim.share_prefix (the group's prompt through the model once) gives the plain update's loss and gradient."""
+    """optim.share_prefix (the group's prompt, or the rows' whole prefix tree, through the model once) gives the
+    plain update's loss and gradient."""
     from turngym.trainers import logprobs
 
     monkeypatch.setattr(logprobs, "MIN_SHARED_PREFIX", 2)  # the corridor's prompts are short
     calls = []
-    plain_hidden = logprobs._prefix_shared_hidden
+    plain_hidden, plain_tree = logprobs._prefix_shared_hidden, logprobs._prefix_tree
     monkeypatch.setattr(logprobs, "_prefix_shared_hidden", lambda *a: calls.append(a[-1]) or plain_hidden(*a))
+
+    def tree(*a):
+        packed = plain_tree(*a)
+        if packed is not None:  # the shared tokens: what the rows hold minus the tree's
+            calls.append(int(a[1].sum()) - len(packed[0]))
+        return packed
+
+    monkeypatch.setattr(logprobs, "_prefix_tree", tree)
     records = {}
     for share in ("true", "false"):
         trainer = _trainer(corridor, word_tok, tmp_path / share, f"optim.share_prefix={share}",

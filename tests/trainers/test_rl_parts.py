@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -201,3 +202,89 @@ def test_sft_autocast_runs_in_bf16_and_keeps_fp32_weights(tmp_path, tiny_tokeniz
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     nll = [json.loads(line)["nll"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert nll[-1] < nll[0]
+
+
+def _transcript_trajectories(tokenizer, n: int, seed: int = 0):
+    """Werewolf-like SFT data: each turn's prompt repeats the transcript before it plus new lines; the reply
+    ends with <|im_end|>. Trajectories of 1-4 turns."""
+    import random
+
+    from turngym.agents.types import Step, Trajectory
+
+    rng = random.Random(seed)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    system = [rng.randrange(3, 250) for _ in range(24)]
+    out = []
+    for k in range(n):
+        transcript, steps = list(system), []
+        for _ in range(1 + k % 4):
+            transcript += [rng.randrange(3, 250) for _ in range(rng.randrange(5, 15))]
+            reply = [rng.randrange(3, 250) for _ in range(rng.randrange(1, 4))] + [im_end]
+            steps.append(Step(observation="o", action="a", prompt_ids=list(transcript), response_ids=reply))
+        out.append(Trajectory(env_id="turngym/BlocksWorld-v0", task_id=str(k), group_id=str(k), seed=k,
+                              steps=steps, won=True))
+    return out
+
+
+def test_sft_step_plan_by_trajectory_keeps_trajectories_whole(tiny_tokenizer):
+    from turngym.trainers.sft import step_plan
+    from turngym.trainers.tokens import build_samples
+
+    samples = build_samples(_transcript_trajectories(tiny_tokenizer, 9), None, mode="auto")
+    assert len(samples) == sum(1 + k % 4 for k in range(9))  # a fresh prompt each turn: one sample per turn
+    plan = step_plan(samples, 2, 5, "trajectory", np.random.default_rng(0))
+    for epoch in (0, 1):
+        steps = [idx for e, idx in plan if e == epoch]
+        assert sorted(i for idx in steps for i in idx) == list(range(len(samples)))  # each sample once an epoch
+        for idx in steps:
+            trajs = {samples[i].traj_index for i in idx}
+            assert all(sum(s.traj_index == t for s in samples) == sum(samples[i].traj_index == t for i in idx)
+                       for t in trajs)  # whole trajectories only
+            assert len(idx) <= 5 or len(trajs) == 1
+            assert idx == sorted(idx)  # trajectory then turn order, for pack_prefix_trees
+    # 'sample' is the permutation cut into batch_size pieces, as before batch_by existed.
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(samples))
+    assert [idx for _, idx in step_plan(samples, 1, 4, "sample", np.random.default_rng(3))] == \
+        [sorted(int(i) for i in order[s:s + 4]) for s in range(0, len(order), 4)]
+    with pytest.raises(ValueError, match="batch_by"):
+        step_plan(samples, 1, 4, "episode", np.random.default_rng(0))
+
+
+def test_sft_shares_a_trajectorys_transcript_and_trains_the_same(tmp_path, tiny_tokenizer, make_tiny_model,
+                                                               monkeypatch):
+    """The seam: optim.share_prefix reaches the SFT update; with data.batch_by=trajectory each micro-batch is a
+    prefix tree (each turn's repeated transcript computed once), and every step's loss is the unshared one."""
+    from turngym.agents.types import save_trajectories
+    from turngym.trainers import logprobs
+    from turngym.trainers.config import ConfigError, SFTConfig, load_config
+    from turngym.trainers.sft import SFTTrainer
+
+    data = save_trajectories(_transcript_trajectories(tiny_tokenizer, 10), tmp_path / "data.jsonl")
+    saved = []
+    plain_tree = logprobs._prefix_tree
+
+    def tree(*a):
+        packed = plain_tree(*a)
+        if packed is not None:
+            saved.append(int(a[1].sum()) - len(packed[0]))
+        return packed
+
+    monkeypatch.setattr(logprobs, "_prefix_tree", tree)
+    nll = {}
+    for share in ("true", "false"):
+        cfg = load_config(SFTConfig, None, ["env.id=turngym/BlocksWorld-v0", f"data.source={data}", "data.epochs=2",
+                                            "data.batch_size=6", "data.batch_by=trajectory", "optim.lr=0.003",
+                                            f"optim.share_prefix={share}", f"run.dir={tmp_path / share}",
+                                            "run.eval_tasks=0", "run.tensorboard=false", "run.progress=false"])
+        SFTTrainer(cfg, model=make_tiny_model(tiny_tokenizer, seed=1), tokenizer=tiny_tokenizer).train()
+        nll[share] = [json.loads(line)["nll"] for line in (tmp_path / share / "metrics.jsonl").read_text().splitlines()]
+        if share == "true":
+            assert saved and sum(saved) > 200, saved  # the shared transcripts ran once
+            saved.clear()
+    assert not saved  # share_prefix=false never packs a tree
+    assert len(nll["true"]) == len(nll["false"]) and nll["true"][-1] < nll["true"][0]
+    for a, b in zip(nll["true"], nll["false"]):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6), (nll["true"], nll["false"])
+    with pytest.raises(ConfigError, match="data.batch_by='turn'"):
+        load_config(SFTConfig, None, ["env.id=turngym/BlocksWorld-v0", f"data.source={data}", "data.batch_by=turn"])

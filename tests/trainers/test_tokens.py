@@ -33,7 +33,9 @@ from turngym.trainers.tokens import (
     collate,
     loss_normalizers,
     pack_microbatches,
+    pack_prefix_trees,
     prefix_breaks,
+    prefix_tree_size,
     step_batch,
     verify_samples,
 )
@@ -297,6 +299,34 @@ def test_collate_pads_right_with_positions_and_segments(torch):
     no_adv = TrainingSample([1, 2], [0, 1], None, None, [-1, 0], 0, (0,))
     assert collate([no_adv]).advantages is None and collate([no_adv]).old_logprobs is None
     assert loss_normalizers(samples) == {"num_tokens": 5, "num_samples": 2, "num_steps": 3}
+
+
+def test_prefix_tree_size_counts_each_shared_token_once():
+    system, a, b = [1, 2, 3, 4], [5, 6], [7, 8, 9]
+    assert prefix_tree_size([]) == 0
+    assert prefix_tree_size([system + a]) == 6
+    # A trajectory's turns: each prompt repeats the one before; a reply ends each row.
+    turns = [system + a + [20], system + a + b + [21], system + a + b + [30, 31]]
+    assert prefix_tree_size(turns) == 4 + 2 + 1 + 3 + 1 + 2
+    assert prefix_tree_size(turns[::-1]) == prefix_tree_size(turns)  # order does not matter
+    assert prefix_tree_size([system + a, system + a]) == 6  # a duplicate row costs nothing
+    assert prefix_tree_size([[1, 2], [2, 1]]) == 4  # only a common START is shared
+
+
+def test_pack_prefix_trees_keeps_order_and_the_tree_budget():
+    system = list(range(100, 110))
+    rows = [system + [1] * 5, system + [1] * 5 + [2] * 5, system + [3] * 20, system + [4] * 3, [9] * 40]
+    batches = pack_prefix_trees(rows, max_tokens=40)
+    assert [i for b in batches for i in b] == list(range(len(rows)))  # every row once, in the order given
+    for b in batches:
+        assert len(b) == 1 or prefix_tree_size([rows[i] for i in b]) <= 40
+    # rows 0-1 hold 15 + 5 tokens; row 2 adds 20 (the system prompt is shared): 40; row 3 would make 43
+    assert batches == [[0, 1, 2], [3], [4]]
+    assert pack_prefix_trees([[1] * 50, [2]], max_tokens=10) == [[0], [1]]
+    samples = [TrainingSample(r, [1] * len(r), None, None, [0] * len(r), i, (0,)) for i, r in enumerate(rows)]
+    assert pack_prefix_trees(samples, max_tokens=40) == batches
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        pack_prefix_trees(rows, max_tokens=0)
 
 
 def test_pack_microbatches_respects_the_token_budget():
