@@ -529,19 +529,27 @@ def pack_microbatches(samples: Sequence[TrainingSample] | Sequence[int], max_tok
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     lengths = [s if isinstance(s, int) else len(s) for s in samples]
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
+
+    def overflows(current: list[int], i: int) -> bool:
+        # Sorted longest first: the first index of a micro-batch sets its padded width.
+        full = max_batch_size is not None and len(current) >= max_batch_size
+        return full or (len(current) + 1) * lengths[current[0]] > max_tokens
+
+    return _greedy_groups(order, overflows)
+
+
+def _greedy_groups(order: Sequence[int], overflows: Any) -> list[list[int]]:
+    """``order`` cut into consecutive groups: ``i`` starts a new group when ``overflows(current, i)``."""
+    groups: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        # Sorted longest first: the first index of a micro-batch sets its padded width.
-        width = lengths[current[0]] if current else lengths[i]
-        full = max_batch_size is not None and len(current) >= max_batch_size
-        if current and (full or (len(current) + 1) * width > max_tokens):
-            batches.append(current)
+        if current and overflows(current, i):
+            groups.append(current)
             current = []
         current.append(i)
     if current:
-        batches.append(current)
-    return batches
+        groups.append(current)
+    return groups
 
 
 def prefix_tree_size(rows: Sequence[Sequence[int]]) -> int:
@@ -571,13 +579,5 @@ def pack_prefix_trees(samples: Sequence[TrainingSample] | Sequence[Sequence[int]
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     rows = [s.input_ids if isinstance(s, TrainingSample) else list(s) for s in samples]
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i, row in enumerate(rows):
-        if current and prefix_tree_size([rows[j] for j in current] + [row]) > max_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+    return _greedy_groups(range(len(rows)),
+                          lambda current, i: prefix_tree_size([rows[j] for j in current] + [rows[i]]) > max_tokens)
