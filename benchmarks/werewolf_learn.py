@@ -85,7 +85,10 @@ invalid): 200 games are about 2 hours per model played one at a time
 (``--max-concurrent`` batches the seats of several games into one generate
 call, which should bring it down; not measured here), so the default study
 (rule, base, SFT rows) is about 4-5 hours of evaluation plus the SFT, over as
-many sessions as it takes. ``--dtype bfloat16`` (the evaluation engine's
+many sessions as it takes. Measured since, on a 2-core Intel Xeon (AVX-512, no native bf16), fp32,
+``--skip base --max-concurrent 16``: the SFT's 296 steps (whole trajectories, the transcript shared) took
+4,355 s, about 25 minutes of it beside other work; the SFT village's 200 games 1,944 s in chunks of 16
+(9.7 s a game; 62% of 2.39M prompt tokens from the 4 GiB prefix cache). ``--dtype bfloat16`` (the evaluation engine's
 weights in bf16; prefill about 3x faster on AMX CPUs) is the cheaper setting;
 ``results.json`` records which setting its numbers come from. Only on a CPU
 with native bf16 (AMX-BF16 or AVX512-BF16): on an AVX2-only CPU (a 2-core AMD
