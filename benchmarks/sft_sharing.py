@@ -88,16 +88,14 @@ def _time(model: Any, samples: list[Any], pad_id: int, batch_by: str, share: boo
 
     from turngym.benchmarks.contention import CpuWatch
     from turngym.trainers import logprobs
-    from turngym.trainers.sft import step_plan
-    from turngym.trainers.tokens import collate, pack_microbatches, pack_prefix_trees
+    from turngym.trainers.sft import step_microbatches, step_plan
+    from turngym.trainers.tokens import collate
 
     plan = [idx for _, idx in step_plan(samples, 1, batch_size, batch_by, np.random.default_rng(0))]
-    budget = min(micro_batch_tokens, logprobs.max_tree_tokens())
     out = {"batch_by": batch_by, "share_prefix": share, "steps": min(steps, len(plan) - 1), "sample_tokens": 0,
            "run_tokens": 0, "seconds": 0.0}
     for k, idx in enumerate(plan[:steps + 1]):
-        micro = (pack_prefix_trees([samples[i] for i in idx], budget) if share else
-                 pack_microbatches([len(samples[i]) for i in idx], micro_batch_tokens))
+        micro = step_microbatches(samples, idx, share, micro_batch_tokens)  # the trainer's own packing
         t0 = time.perf_counter()
         run = 0
         for local in micro:

@@ -270,8 +270,8 @@ def _prefix_tree(input_ids: torch.Tensor, attention_mask: torch.Tensor, position
     A token that several rows hold after the same ids (at the same positions) is one node of the tree, so
     the rows of a multi-turn trajectory (each turn's prompt repeats the transcript before it) or of one
     system prompt share everything they have in common, not only what ALL rows start with (the ``p`` of
-    :func:`shared_prefix_length`). Rows are walked in sorted order: a row's longest common prefix with any
-    earlier row is the one with the row just before it. Every node attends to its ancestors and itself,
+    :func:`shared_prefix_length`); the tree is :func:`~turngym.trainers.tokens.prefix_tree` of the rows'
+    (id, position) pairs. Every node attends to its ancestors and itself,
     which is exactly what each of its rows' tokens sees in that row's own causal pass; the node's position
     id is the rows'. Returns ``(ids [U], positions [U], node [B, T], mask [1, 1, U, U])``, ``node[b, t]``
     being the packed index of row b's position t (0 at padding). None when a row is not right padded, the
@@ -283,25 +283,14 @@ def _prefix_tree(input_ids: torch.Tensor, attention_mask: torch.Tensor, position
     lengths = real.long().sum(-1)
     if b < 2 or not bool((real == (torch.arange(t, device=real.device)[None] < lengths[:, None])).all()):
         return None
+    from turngym.trainers.tokens import prefix_tree
+
     ids_rows, pos_rows = input_ids.tolist(), position_ids.tolist()
-    keys = [list(zip(ids_rows[r][:n], pos_rows[r][:n])) for r, n in enumerate(lengths.tolist())]
-    order = sorted(range(b), key=lambda r: keys[r])
+    nodes, items = prefix_tree([list(zip(ids_rows[r][:n], pos_rows[r][:n])) for r, n in enumerate(lengths.tolist())])
     node = torch.zeros((b, t), dtype=torch.long)
-    packed_ids: list[int] = []
-    packed_pos: list[int] = []
-    prev: int | None = None
-    for r in order:
-        key, shared = keys[r], 0
-        if prev is not None:
-            limit = min(len(key), len(keys[prev]))
-            while shared < limit and key[shared] == keys[prev][shared]:
-                shared += 1
-            node[r, :shared] = node[prev, :shared]
-        fresh = key[shared:]
-        node[r, shared:len(key)] = torch.arange(len(packed_ids), len(packed_ids) + len(fresh))
-        packed_ids += [i for i, _ in fresh]
-        packed_pos += [q for _, q in fresh]
-        prev = r
+    for r, path in enumerate(nodes):
+        node[r, :len(path)] = torch.tensor(path, dtype=torch.long)
+    packed_ids, packed_pos = [i for i, _ in items], [q for _, q in items]
     u = len(packed_ids)
     total = int(lengths.sum())
     other = p + total - b * p if p else b * t

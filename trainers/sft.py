@@ -148,6 +148,19 @@ def step_plan(samples: list[Any], epochs: int, batch_size: int, batch_by: str,
     return plan
 
 
+def step_microbatches(samples: list[Any], idx: list[int], share_prefix: bool,
+                      micro_batch_tokens: int) -> list[list[int]]:
+    """A step's micro-batches (positions in ``idx``): under ``share_prefix`` packed by prefix-tree size in the
+    given order (what rows share, a system prompt or a trajectory's repeated transcript, runs once), else by
+    padded size within ``micro_batch_tokens``."""
+    from turngym.trainers.logprobs import max_tree_tokens
+    from turngym.trainers.tokens import pack_microbatches, pack_prefix_trees
+
+    if share_prefix:
+        return pack_prefix_trees([samples[i] for i in idx], min(micro_batch_tokens, max_tree_tokens()))
+    return pack_microbatches([len(samples[i]) for i in idx], micro_batch_tokens)
+
+
 class SFTTrainer:
     """Fine-tunes ``config.model`` on oracle or recorded trajectories (see the module docstring)."""
 
@@ -203,15 +216,9 @@ class SFTTrainer:
         return trajs
 
     def train(self) -> dict[str, Any]:
-        from turngym.trainers.logprobs import max_tree_tokens, sequence_logprobs
+        from turngym.trainers.logprobs import sequence_logprobs
         from turngym.trainers.model import adamw, autocast_enabled, trainable_parameters
-        from turngym.trainers.tokens import (
-            build_samples,
-            collate,
-            pack_microbatches,
-            pack_prefix_trees,
-            verify_samples,
-        )
+        from turngym.trainers.tokens import build_samples, collate, verify_samples
 
         torch, cfg = self.torch, self.cfg
         result: dict[str, Any] = {"before": self.evaluate(0)} if cfg.run.eval_tasks else {}
@@ -228,16 +235,11 @@ class SFTTrainer:
         plan = step_plan(samples, cfg.data.epochs, cfg.data.batch_size, cfg.data.batch_by, rng)
         bar = progress_bar(len(plan), "sft", cfg.run.progress, unit="step")
         share = cfg.optim.share_prefix
-        tree_budget = min(cfg.optim.micro_batch_tokens, max_tree_tokens())
         for epoch, idx in plan:
             n_tok = sum(samples[i].num_loss_tokens for i in idx)
             opt.zero_grad(set_to_none=True)
             total, correct = 0.0, 0
-            # optim.share_prefix: micro-batches by prefix-tree size, in trajectory order, so what rows share
-            # (a system prompt; a trajectory's repeated transcript) runs once; else by padded size
-            micro = (pack_prefix_trees([samples[i] for i in idx], tree_budget) if share else
-                     pack_microbatches([len(samples[i]) for i in idx], cfg.optim.micro_batch_tokens))
-            for local in micro:
+            for local in step_microbatches(samples, idx, share, cfg.optim.micro_batch_tokens):
                 batch = collate(samples, self.pad_id, indices=[idx[j] for j in local], device=device)
                 # model.autocast: the forward (and so the backward) in bf16; weights, gradients and AdamW
                 # stay in model.dtype (the RL trainer's rule)

@@ -552,21 +552,35 @@ def _greedy_groups(order: Sequence[int], overflows: Any) -> list[list[int]]:
     return groups
 
 
-def prefix_tree_size(rows: Sequence[Sequence[int]]) -> int:
-    """Tokens in the prefix tree of ``rows``: a token several rows hold after the same ids counts once.
+def prefix_tree(rows: Sequence[Sequence[Any]]) -> tuple[list[list[int]], list[Any]]:
+    """The prefix tree of ``rows``: an element several rows hold after the same elements is one node.
 
-    What ``sequence_logprobs(..., share_prefix=True)`` runs when it packs a micro-batch as its prefix tree
-    (rows numbered 0, 1, ... from their start, as :func:`collate` numbers them). In sorted order a row's
-    longest common prefix with any earlier row is the one with the row just before it.
+    Returns ``(nodes, items)``: ``nodes[r][t]`` is the node of row ``r``'s element ``t`` and ``items`` the
+    nodes' elements, in creation order (a node's ancestors come before it). Rows are walked in sorted
+    order, where a row's longest common prefix with any earlier row is the one with the row just before it.
     """
-    total, prev = 0, ()
-    for row in sorted(tuple(r) for r in rows):
-        shared, limit = 0, min(len(row), len(prev))
-        while shared < limit and row[shared] == prev[shared]:
-            shared += 1
-        total += len(row) - shared
-        prev = row
-    return total
+    keys = [tuple(r) for r in rows]
+    nodes: list[list[int]] = [[] for _ in keys]
+    items: list[Any] = []
+    prev: int | None = None
+    for r in sorted(range(len(keys)), key=keys.__getitem__):
+        key, shared = keys[r], 0
+        if prev is not None:
+            limit = min(len(key), len(keys[prev]))
+            while shared < limit and key[shared] == keys[prev][shared]:
+                shared += 1
+        fresh = list(range(len(items), len(items) + len(key) - shared))
+        nodes[r] = nodes[prev][:shared] + fresh if prev is not None else fresh
+        items += key[shared:]
+        prev = r
+    return nodes, items
+
+
+def prefix_tree_size(rows: Sequence[Sequence[int]]) -> int:
+    """Tokens in the prefix tree of ``rows`` (:func:`prefix_tree`): a token several rows hold after the same
+    ids counts once. What ``sequence_logprobs(..., share_prefix=True)`` runs when it packs a micro-batch as
+    its prefix tree (rows numbered 0, 1, ... from their start, as :func:`collate` numbers them)."""
+    return len(prefix_tree(rows)[1])
 
 
 def pack_prefix_trees(samples: Sequence[TrainingSample] | Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
