@@ -66,8 +66,12 @@ session, on a GPU say, picks up where the last one stopped):
    SmolLM2 games costs minutes (see the cost below) and nothing here has
    measured what it buys yet.
 
-Writes ``OUT/results.json`` (setting, record, SFT, rows) and prints a table:
-rule village, LLM before (base), LLM after (SFT).
+Writes ``OUT/results.json`` (setting, record, SFT, rows, paired comparisons) and
+prints a table: rule village, LLM before (base), LLM after (SFT), and SFT +
+self-play when it ran; then each stage against the one before it and each LLM
+village against the rule village, paired by deal (``comparisons``: the
+difference in win rate with Newcombe's paired 95% interval and the exact
+McNemar p).
 
 Setting and cost: the default preset is ``lspo7`` (7 players, no bidding:
 about 15 village turns a game against about 106 on ``arena8``), the rules the
@@ -122,6 +126,10 @@ PRESET = "lspo7"
 DEFAULTS = {"games": 64, "epochs": 2, "eval_games": 200, "lr": 5e-5, "batch_size": 8}
 QUICK = {"games": 2, "epochs": 1, "eval_games": 2, "lr": 1e-3, "batch_size": 8, "max_tokens": 8}
 ROWS = ("rule", "base", "sft", "selfplay")
+#: paired comparisons on the shared deals, ``a - b``: each training stage against the one before it and each LLM
+#: village against the rule village
+COMPARISONS = (("sft", "base"), ("selfplay", "sft"), ("selfplay", "base"), ("base", "rule"), ("sft", "rule"),
+               ("selfplay", "rule"))
 SELFPLAY_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "selfplay_werewolf.yaml"
 
 
@@ -436,6 +444,24 @@ def evaluate(name: str, model: str | None, out: Path, args: argparse.Namespace, 
             if n else None, "prefill": _prefill_total(prefill_file, args.eval_games)}
 
 
+def compare(out: Path, names: list[str], eval_games: int) -> list[dict[str, Any]]:
+    """Each pair of :data:`COMPARISONS` among the evaluated rows, paired by deal (the rows play the same deals):
+    village wins of a and b, the difference a - b with Newcombe's paired interval and the exact McNemar p
+    (:func:`~turngym.agents.evaluation.paired_proportions`). Pairing removes the deals' own difficulty from the
+    comparison, so it is tighter than the two rows' separate intervals."""
+    from turngym.agents.evaluation import paired_proportions
+
+    won = {name: {r["seed"]: r["winner"] == "village" for r in _read_games(out / "eval" / name / "games.jsonl")
+                  if r["seed"] < eval_games} for name in names}
+    result = []
+    for a, b in COMPARISONS:
+        if a in won and b in won:
+            seeds = sorted(set(won[a]) & set(won[b]))
+            result.append({"a": a, "b": b, **paired_proportions([won[a][s] for s in seeds],
+                                                                 [won[b][s] for s in seeds])})
+    return result
+
+
 def _prefill_total(path: Path, eval_games: int) -> dict[str, float] | None:
     """The prompt-side work summed over the chunks of deals 0..eval_games-1 that recorded it (None: none did)."""
     if not path.is_file():
@@ -478,6 +504,16 @@ def _read_games(path: Path) -> list[dict[str, Any]]:
 
 def _pct(x: float | None) -> str:
     return "    -" if x is None else f"{x * 100:5.1f}%"
+
+
+def print_comparisons(comparisons: list[dict[str, Any]]) -> None:
+    if not comparisons:
+        return
+    print("\npaired on the same deals (a - b, Newcombe 95% CI, exact McNemar p; deals won by a only / b only):")
+    for c in comparisons:
+        lo, hi = c["ci95"]
+        print(f"  {c['a'] + ' - ' + c['b']:18s} {c['diff'] * 100:+6.1f} pts [{lo * 100:+6.1f}, {hi * 100:+6.1f}]  "
+              f"p = {c['mcnemar_p']:.2g}  ({c['only_a']} / {c['only_b']} of {c['n']})")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -610,9 +646,12 @@ def main(argv: list[str] | None = None) -> int:
               "eval_games": args.eval_games, "eval_seeds": [0, args.eval_games - 1], "dtype": args.dtype,
               "autocast": args.autocast, "batch_by": args.batch_by, "prefix_cache_gib": args.prefix_cache_gib,
               "temperature": args.temperature, "max_tokens": args.max_tokens, "quick": args.quick,
-              "record": rec, "sft": tuned, "selfplay": played, "rows": rows, "session_seconds": time.perf_counter() - t0}
+              "record": rec, "sft": tuned, "selfplay": played, "rows": rows,
+              "comparisons": compare(out, [r["name"] for r in rows], args.eval_games),
+              "session_seconds": time.perf_counter() - t0}
     write_json_atomic(out / "results.json", result)
     print_table(rows)
+    print_comparisons(result["comparisons"])
     print(f"wrote {out / 'results.json'} ({result['session_seconds']:.0f} s this session)")
     return 0
 

@@ -51,6 +51,19 @@ def test_results_structure(quick_run):
     # the SFT steps are whole village trajectories (their turns share the transcript in one forward)
     assert result["sft"]["inputs"]["batch_by"] == result["batch_by"] == "trajectory"
     assert result["prefix_cache_gib"] == 4.0
+    # paired by deal: each stage against the one before, each LLM village against the rule village
+    pairs = {(c["a"], c["b"]): c for c in result["comparisons"]}
+    assert list(pairs) == [("sft", "base"), ("base", "rule"), ("sft", "rule")]
+    games = {r["name"]: {json.loads(line)["seed"]: json.loads(line)["winner"] == "village"
+                         for line in (quick_run / "eval" / r["name"] / "games.jsonl").read_text().splitlines()}
+             for r in result["rows"]}
+    by_name = {r["name"]: r for r in result["rows"]}
+    for (a, b), c in pairs.items():
+        assert c["n"] == 2 and c["both"] + c["only_a"] + c["only_b"] + c["neither"] == 2
+        assert c["only_a"] == sum(games[a][s] and not games[b][s] for s in (0, 1))
+        assert c["both"] + c["only_a"] == by_name[a]["village_wins"]
+        assert c["both"] + c["only_b"] == by_name[b]["village_wins"]
+        assert c["ci95"][0] <= c["diff"] <= c["ci95"][1] and 0 < c["mcnemar_p"] <= 1
 
 
 def test_bad_prefix_cache_bound_is_a_usage_error(tmp_path, capsys):
@@ -171,3 +184,5 @@ def test_selfplay_phase_adds_a_row(tmp_path):
     result = json.loads((tmp_path / "results.json").read_text())
     assert [r["name"] for r in result["rows"]] == ["rule", "base", "sft", "selfplay"]
     assert result["selfplay"]["iterations"] == 1 and result["rows"][3]["model"] == result["selfplay"]["checkpoint"]
+    assert [(c["a"], c["b"]) for c in result["comparisons"]][:3] == [("sft", "base"), ("selfplay", "sft"),
+                                                                      ("selfplay", "base")]

@@ -1,4 +1,4 @@
-"""turngym.agents.evaluation: the one Wilson interval, pass@k / pass^k and eval record, with worked values."""
+"""turngym.agents.evaluation: Wilson interval, pass@k / pass^k, paired proportions, eval record; worked values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import math
 
 import pytest
 
-from turngym.agents.evaluation import Z95, EvalRecord, eval_record, pass_at_k, pass_hat_k, wilson_interval
+from turngym.agents.evaluation import (
+    Z95,
+    EvalRecord,
+    eval_record,
+    paired_proportions,
+    pass_at_k,
+    pass_hat_k,
+    wilson_interval,
+)
 from turngym.agents.types import Step, Trajectory
 
 # ---- Wilson score interval ----------------------------------------------------------------------------------
@@ -90,6 +98,80 @@ def test_pass_at_k_rejects_impossible_counts(n, c, k):
     for fn in (pass_at_k, pass_hat_k):
         with pytest.raises(ValueError, match="k >= 1 and 0 <= c <= n"):
             fn(n, c, k)
+
+
+# ---- paired proportions -------------------------------------------------------------------------------------
+
+
+def _pairs(both: int, only_a: int, only_b: int, neither: int) -> tuple[list[bool], list[bool]]:
+    a = [True] * both + [True] * only_a + [False] * only_b + [False] * neither
+    b = [True] * both + [False] * only_a + [True] * only_b + [False] * neither
+    return a, b
+
+
+def test_paired_proportions_worked_example():
+    """The Werewolf rule village against the SFT village on 200 shared deals (stop 30's numbers)."""
+    got = paired_proportions(*_pairs(12, 45, 14, 129))
+    assert (got["n"], got["both"], got["only_a"], got["only_b"], got["neither"]) == (200, 12, 45, 14, 129)
+    assert got["p_a"] == 57 / 200 and got["p_b"] == 26 / 200 and math.isclose(got["diff"], 31 / 200)
+    assert math.isclose(got["ci95"][0], 0.0814, abs_tol=1e-4) and math.isclose(got["ci95"][1], 0.2274, abs_tol=1e-4)
+    # exact McNemar: 2 P(X <= 14), X ~ Bin(59, 1/2), summed independently of the implementation
+    tail = sum(math.comb(59, i) for i in range(15)) / 2**59
+    assert math.isclose(got["mcnemar_p"], 2 * tail, rel_tol=1e-12) and math.isclose(got["mcnemar_p"], 6.53e-5,
+                                                                                      rel_tol=1e-3)
+
+
+def test_paired_interval_is_the_unpaired_one_when_the_pairs_are_uncorrelated():
+    """phi = 0 when 0 <= both*neither - only_a*only_b <= n/2: then Newcombe's paired interval is the square-and-add
+    combination of the two Wilson intervals (method 10 of the unpaired paper)."""
+    both, only_a, only_b, neither = 5, 15, 5, 15  # both*neither - only_a*only_b = 0
+    got = paired_proportions(*_pairs(both, only_a, only_b, neither))
+    n, wa, wb = 40, 20, 10
+    (la, ua), (lb, ub) = wilson_interval(wa, n), wilson_interval(wb, n)
+    d = wa / n - wb / n
+    assert math.isclose(got["ci95"][0], d - math.hypot(wa / n - la, ub - wb / n), rel_tol=1e-12)
+    assert math.isclose(got["ci95"][1], d + math.hypot(wb / n - lb, ua - wa / n), rel_tol=1e-12)
+
+
+def test_pairing_narrows_the_interval_when_outcomes_agree():
+    """Correlated pairs (the same deals are hard for both) give a narrower interval than the same margins
+    uncorrelated, and the interval always holds the difference."""
+    tight = paired_proportions(*_pairs(18, 2, 0, 20))    # 20 vs 18 of 40, nearly always agreeing
+    loose = paired_proportions(*_pairs(9, 11, 9, 11))    # same margins, agreeing by chance
+    assert math.isclose(tight["diff"], 0.05) and math.isclose(loose["diff"], 0.05)
+    assert tight["ci95"][1] - tight["ci95"][0] < 0.6 * (loose["ci95"][1] - loose["ci95"][0])
+    for t in (tight, loose):
+        assert -1 <= t["ci95"][0] <= t["diff"] <= t["ci95"][1] <= 1
+
+
+def test_paired_interval_covers_the_true_difference():
+    """Monte Carlo coverage of the 95% interval on correlated pairs (each deal's difficulty shared by both
+    players): close to nominal, as Newcombe reports for method 10."""
+    import random
+
+    rng = random.Random(0)
+    for p_a, p_b, shared in ((0.3, 0.15, 0.6), (0.5, 0.5, 0.3), (0.1, 0.05, 0.0)):
+        hits, reps = 0, 1500
+        for _ in range(reps):
+            a, b = [], []
+            for _ in range(200):
+                u = rng.random()  # the deal's difficulty: with prob. `shared` both players see the same draw
+                a.append((u if rng.random() < shared else rng.random()) < p_a)
+                b.append((u if rng.random() < shared else rng.random()) < p_b)
+            lo, hi = paired_proportions(a, b)["ci95"]
+            hits += lo <= p_a - p_b <= hi
+        assert 0.93 <= hits / reps <= 0.975, (p_a, p_b, shared, hits / reps)
+
+
+def test_paired_proportions_edges():
+    none = paired_proportions([], [])
+    assert math.isnan(none["diff"]) and none["ci95"] == (-1.0, 1.0) and none["mcnemar_p"] == 1.0
+    same = paired_proportions(*_pairs(3, 0, 0, 7))  # no discordant pair: no evidence of a difference
+    assert same["diff"] == 0 and same["mcnemar_p"] == 1.0 and same["ci95"][0] < 0 < same["ci95"][1]
+    extreme = paired_proportions(*_pairs(0, 10, 0, 0))  # a always, b never
+    assert extreme["diff"] == 1.0 and extreme["ci95"][1] == 1.0 and extreme["mcnemar_p"] == 2 / 2**10
+    with pytest.raises(ValueError, match="3 outcomes against 2"):
+        paired_proportions([True, False, True], [True, False])
 
 
 # ---- the eval record ----------------------------------------------------------------------------------------
