@@ -347,7 +347,7 @@ def selfplay(out: Path, start: str, args: argparse.Namespace, quick: bool) -> di
     if done and (done.get("iterations"), done.get("start")) == (n, start) and \
             Path(done["checkpoint"], "config.json").is_file():
         print(f"self-play: done ({done['checkpoint']})", flush=True)
-        return done
+        return {**done, "curve": _selfplay_curve(run_dir / "train")}
     kwargs = f"{{preset: {args.preset}, lineup: '{args.selfplay_lineup}', eval_lineup: '{EVAL_LINEUP}'}}"
     overrides = [f"model.path={start}", f"env.kwargs={kwargs}", f"run.dir={run_dir / 'train'}", f"run.iterations={n}",
                  "run.save_every=1", "run.keep_checkpoints=1", "run.eval_tasks=0", "run.eval_every=0",
@@ -367,8 +367,28 @@ def selfplay(out: Path, start: str, args: argparse.Namespace, quick: bool) -> di
     done = {"checkpoint": str(final), "start": start, "iterations": n, "lineup": args.selfplay_lineup,
             "train_seconds": sum(r.get("time_total", 0.0) for r in train), "session_seconds": time.perf_counter() - t0}
     write_json_atomic(run_dir / "selfplay.json", done)
+    curve = _selfplay_curve(run_dir / "train")
+    for r in curve:
+        print(f"  self-play iteration {r['iteration']}: {r['episodes']} seat trajectories, invalid "
+              f"{_pct(r['invalid_action_rate'])}, reward std {r['reward_std'] or 0.0:.3f}, advantages zero "
+              f"{_pct(r['adv_zero_frac'])}, {r['time_total']:.0f} s", flush=True)
     print(f"self-play: {n} iterations -> {final}", flush=True)
-    return done
+    return {**done, "curve": curve}
+
+
+#: what each self-play iteration's metrics say about its learning signal: are moves valid, do rewards vary
+#: within a group, how many advantages are zero (the untrained model's self-play had ~all of them zero)
+CURVE_KEYS = ("iteration", "episodes", "success_rate", "reward_std", "invalid_action_rate", "format_ok_rate",
+              "adv_zero_frac", "adv_std", "turns_mean", "response_tokens_mean", "time_total")
+
+
+def _selfplay_curve(train_dir: Path) -> list[dict[str, Any]]:
+    """The self-play run's per-iteration :data:`CURVE_KEYS` from its ``metrics.jsonl`` (the last record of an
+    iteration a resumed run wrote twice)."""
+    from turngym.trainers.runlog import read_metrics
+
+    by_it = {r["iteration"]: r for r in read_metrics(train_dir) if r.get("kind") == "train"}
+    return [{k: by_it[it].get(k) for k in CURVE_KEYS} for it in sorted(by_it)]
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------------

@@ -186,3 +186,7 @@ def test_selfplay_phase_adds_a_row(tmp_path):
     assert result["selfplay"]["iterations"] == 1 and result["rows"][3]["model"] == result["selfplay"]["checkpoint"]
     assert [(c["a"], c["b"]) for c in result["comparisons"]][:3] == [("sft", "base"), ("selfplay", "sft"),
                                                                       ("selfplay", "base")]
+    # the learning signal of each iteration, from the trainer's own metrics
+    (it,) = result["selfplay"]["curve"]
+    assert it["iteration"] == 1 and it["episodes"] > 0 and 0 <= it["invalid_action_rate"] <= 1
+    assert 0 <= it["adv_zero_frac"] <= 1 and it["reward_std"] >= 0 and it["time_total"] > 0
