@@ -150,15 +150,14 @@ def step_plan(samples: list[Any], epochs: int, batch_size: int, batch_by: str,
 
 def step_microbatches(samples: list[Any], idx: list[int], share_prefix: bool,
                       micro_batch_tokens: int) -> list[list[int]]:
-    """A step's micro-batches (positions in ``idx``): under ``share_prefix`` packed by prefix-tree size in the
-    given order (what rows share, a system prompt or a trajectory's repeated transcript, runs once), else by
-    padded size within ``micro_batch_tokens``."""
+    """A step's micro-batches (positions in ``idx``): :func:`~turngym.trainers.tokens.pack_forward`. Under
+    ``share_prefix`` packed by prefix-tree size in the given order when that runs fewer tokens (what rows
+    share, a system prompt or a trajectory's repeated transcript, runs once), else by padded size within
+    ``micro_batch_tokens``."""
     from turngym.trainers.logprobs import max_tree_tokens
-    from turngym.trainers.tokens import pack_microbatches, pack_prefix_trees
+    from turngym.trainers.tokens import pack_forward
 
-    if share_prefix:
-        return pack_prefix_trees([samples[i] for i in idx], min(micro_batch_tokens, max_tree_tokens()))
-    return pack_microbatches([len(samples[i]) for i in idx], micro_batch_tokens)
+    return pack_forward([samples[i] for i in idx], micro_batch_tokens, share_prefix, max_tree_tokens())
 
 
 class SFTTrainer:

@@ -41,7 +41,10 @@ belongs to, -1 elsewhere) so the loss can average per step or per sequence.
 the order ``build_samples`` reads advantages in. :func:`collate` pads samples
 on the right into tensors (attention mask, position ids) and
 :func:`pack_microbatches` groups samples into micro-batches under a token
-budget. :func:`verify_samples` is the sanity check of credit-spec section 11
+budget; :func:`pack_forward`, what the SFT and RL updates call, packs a step
+either that way or, under ``optim.share_prefix``, as prefix trees
+(:func:`pack_prefix_trees`: a trajectory's turns, whose prompts repeat the
+transcript, run it once), whichever runs fewer tokens. :func:`verify_samples` is the sanity check of credit-spec section 11
 rule 7: the masked ids are exactly the engine's ids, and as many log-probs.
 
 Depends on ``turngym.agents.types`` (records only) and, lazily, on
@@ -583,15 +586,50 @@ def prefix_tree_size(rows: Sequence[Sequence[int]]) -> int:
     return len(prefix_tree(rows)[1])
 
 
-def pack_prefix_trees(samples: Sequence[TrainingSample] | Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
-    """Group samples, in the order given, into micro-batches whose prefix tree (:func:`prefix_tree_size`)
-    stays within ``max_tokens``: the packing for ``share_prefix``, where a micro-batch costs its tree's
-    tokens, not ``rows x longest``. Give a trajectory's samples next to each other (each turn's prompt
-    repeats the transcript before it) and they share it. A sample longer than ``max_tokens`` gets a
-    micro-batch of its own. Returns lists of sample indices; every index appears exactly once, in order.
+def forward_cost(rows: Sequence[Sequence[int]], tree_limit: int) -> int:
+    """At most the tokens ``sequence_logprobs(..., share_prefix=True)`` runs for ``rows`` as one micro-batch
+    (right padded, positions from 0): their prefix tree (:func:`prefix_tree_size`) when it holds at most
+    ``tree_limit`` tokens and under 90% of the padded rows, as that function decides; else ``rows x longest``
+    (its other paths run that or less)."""
+    padded = len(rows) * max((len(r) for r in rows), default=0)
+    if len(rows) < 2:
+        return padded
+    tree = prefix_tree_size(rows)
+    return tree if tree <= tree_limit and tree <= 0.9 * padded else padded
+
+
+def pack_prefix_trees(samples: Sequence[TrainingSample] | Sequence[Sequence[int]], max_tokens: int,
+                      tree_limit: int | None = None) -> list[list[int]]:
+    """Group samples, in the order given, into micro-batches whose forward (:func:`forward_cost`: the prefix
+    tree's tokens when it is used, else the padded rows) stays within ``max_tokens``: the packing for
+    ``share_prefix``, where a micro-batch costs its tree's tokens, not ``rows x longest``. Give a trajectory's
+    samples next to each other (each turn's prompt repeats the transcript before it) and they share it.
+    ``tree_limit`` (default ``max_tokens``): the largest tree the forward packs. A sample longer than
+    ``max_tokens`` gets a micro-batch of its own. Returns lists of sample indices; every index appears
+    exactly once, in order.
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    limit = max_tokens if tree_limit is None else tree_limit
     rows = [s.input_ids if isinstance(s, TrainingSample) else list(s) for s in samples]
     return _greedy_groups(range(len(rows)),
-                          lambda current, i: prefix_tree_size([rows[j] for j in current] + [rows[i]]) > max_tokens)
+                          lambda current, i: forward_cost([rows[j] for j in current] + [rows[i]], limit) > max_tokens)
+
+
+def pack_forward(samples: Sequence[TrainingSample] | Sequence[Sequence[int]], max_tokens: int, share_prefix: bool,
+                 tree_limit: int) -> list[list[int]]:
+    """The micro-batches of one optimizer step (what the SFT and RL updates run): without ``share_prefix``,
+    :func:`pack_microbatches` (padded size, longest first); with it, whichever of that and
+    :func:`pack_prefix_trees` (trees within ``min(max_tokens, tree_limit)``, in the order given) runs fewer
+    tokens in all (:func:`forward_cost`; a tie keeps the padded packing). So a trajectory's turns, given in
+    order, share their transcript, and rows that share nothing still pack by length."""
+    rows = [s.input_ids if isinstance(s, TrainingSample) else list(s) for s in samples]
+    padded = pack_microbatches([len(r) for r in rows], max_tokens)
+    if not share_prefix:
+        return padded
+    trees = pack_prefix_trees(rows, min(max_tokens, tree_limit), tree_limit)
+
+    def cost(groups: list[list[int]]) -> int:
+        return sum(forward_cost([rows[i] for i in g], tree_limit) for g in groups)
+
+    return trees if cost(trees) < cost(padded) else padded

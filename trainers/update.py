@@ -38,7 +38,7 @@ from turngym.errors import TurngymError
 from turngym.trainers.config import RLConfig
 from turngym.trainers.distributed import Distributed
 from turngym.trainers.objectives import LossContext, MicroBatch, Objective, entropy_aware_advantage
-from turngym.trainers.tokens import TrainingSample, collate, loss_normalizers, pack_microbatches
+from turngym.trainers.tokens import TrainingSample, collate, loss_normalizers, pack_forward
 
 
 class PolicyUpdate:
@@ -95,7 +95,7 @@ class PolicyUpdate:
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
                 norms = self._normalizers([samples[i] for i in mb])
-                micros = self.micro_batches(samples, mb)
+                micros = self.micro_batches(samples, sorted(mb))  # a trajectory's turns together (prefix trees)
                 for j, micro in enumerate(micros):
                     # Gradient accumulation: the data-parallel wrapper reduces across ranks in the last backward.
                     with self.dist.grad_sync(self.train_model, j == len(micros) - 1):
@@ -127,10 +127,18 @@ class PolicyUpdate:
         return out
 
     def micro_batches(self, samples: list[TrainingSample], indices: list[int]) -> list[list[int]]:
-        """``indices`` packed into micro-batches under ``optim.micro_batch_tokens`` (``tb``: whole trajectories)."""
+        """``indices`` packed into micro-batches under ``optim.micro_batch_tokens`` (``tb``: whole trajectories).
+
+        :func:`~turngym.trainers.tokens.pack_forward`: under ``optim.share_prefix``, the samples in the order
+        given (a trajectory's turns next to each other when the update is one pass) packed as prefix trees when
+        that runs fewer tokens, so the transcript a multi-turn episode's prompts repeat runs once per micro-batch.
+        """
         budget = self.cfg.optim.micro_batch_tokens
         if self.cfg.algo.objective != "tb":
-            local = pack_microbatches([len(samples[i]) for i in indices], budget)
+            from turngym.trainers.logprobs import max_tree_tokens
+
+            local = pack_forward([samples[i] for i in indices], budget, self.cfg.optim.share_prefix,
+                                 max_tree_tokens())
             return [[indices[j] for j in mb] for mb in local]
         # Trajectory balance squares a sum over a whole trajectory: keep each trajectory's samples together.
         by_traj: dict[int, list[int]] = defaultdict(list)

@@ -103,9 +103,11 @@ def test_a_bf16_rollout_copy_learns_and_follows_every_update(corridor, word_tok,
         assert torch.equal(p, ours[name].detach().to(torch.bfloat16)), name
 
 
-def test_the_shared_prefix_update_equals_the_plain_one(corridor, word_tok, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["auto", "stepwise"])
+def test_the_shared_prefix_update_equals_the_plain_one(corridor, word_tok, tmp_path, monkeypatch, mode):
     """optim.share_prefix (the group's prompt, or the rows' whole prefix tree, through the model once) gives the
-    plain update's loss and gradient."""
+    plain update's loss and gradient. Stepwise samples (a turn each, its prompt repeating the episode so far)
+    are packed with their episode's other turns, so the tree shares that transcript too."""
     from turngym.trainers import logprobs
 
     monkeypatch.setattr(logprobs, "MIN_SHARED_PREFIX", 2)  # the corridor's prompts are short
@@ -120,12 +122,28 @@ def test_the_shared_prefix_update_equals_the_plain_one(corridor, word_tok, tmp_p
         return packed
 
     monkeypatch.setattr(logprobs, "_prefix_tree", tree)
+    from turngym.trainers import update
+
+    packed, plain_pack = [], update.pack_forward
+
+    def pack(samples, budget, share, limit):  # the update's micro-batches: the seam from optim.share_prefix
+        groups = plain_pack(samples, budget, share, limit)
+        packed.append((share, [[samples[i].traj_index for i in g] for g in groups]))
+        return groups
+
+    monkeypatch.setattr(update, "pack_forward", pack)
     records = {}
     for share in ("true", "false"):
         trainer = _trainer(corridor, word_tok, tmp_path / share, f"optim.share_prefix={share}",
-                           "rollout.tasks_per_iter=1", "run.iterations=1", "run.eval_tasks=0")
+                           "rollout.tasks_per_iter=1", "run.iterations=1", "run.eval_tasks=0",
+                           f"algo.sample_mode={mode}")
         records[share] = trainer.iteration()
     assert calls and min(calls) >= 2, calls  # the shared path ran (only) in the share_prefix=true run
+    assert [share for share, _ in packed] == [True, False]
+    # the turns of one episode stay together, in order, so its repeated transcript can run once
+    (_, groups), = [p for p in packed if p[0]]
+    if mode == "stepwise":  # an episode's turns share a micro-batch (tokens.pack_forward's own test: the order)
+        assert any(len(g) > len(set(g)) for g in groups), groups
     on, off = records["true"], records["false"]
     assert on["generated_tokens"] == off["generated_tokens"] and on["adv_std"] == off["adv_std"]
     for key in ("pg_loss", "grad_norm", "entropy", "ppo_kl"):

@@ -31,7 +31,9 @@ from turngym.trainers.tokens import (
     TrainingSample,
     build_samples,
     collate,
+    forward_cost,
     loss_normalizers,
+    pack_forward,
     pack_microbatches,
     pack_prefix_trees,
     prefix_breaks,
@@ -327,6 +329,38 @@ def test_pack_prefix_trees_keeps_order_and_the_tree_budget():
     assert pack_prefix_trees(samples, max_tokens=40) == batches
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         pack_prefix_trees(rows, max_tokens=0)
+
+
+def test_forward_cost_is_the_tree_only_when_the_forward_packs_it():
+    system = list(range(100, 110))
+    turns = [system + [1] * 5, system + [1] * 5 + [2] * 5, system + [1] * 5 + [2] * 5 + [3] * 10]
+    assert forward_cost([turns[0]], 1000) == 15  # one row: itself
+    assert forward_cost(turns, 1000) == 30  # the tree: the last turn holds the other two
+    assert forward_cost(turns, 29) == 3 * 30  # a tree over the limit is not packed: rows x longest
+    # unrelated rows of one length: the tree saves nothing, so the padded rows run
+    assert forward_cost([[1] * 10, [2] * 10], 1000) == 20
+    # the tree must save a tenth: 19 of 20 padded positions is not enough
+    assert forward_cost([[1] * 10, [2] * 9], 1000) == 20 and forward_cost([[1] * 10, [2] * 8], 1000) == 18
+
+
+def test_pack_forward_shares_a_trajectorys_turns_and_keeps_the_padded_packing_otherwise():
+    system = list(range(100, 130))
+    episode = [system + [1] * k + [9] for k in range(0, 60, 10)]  # each turn repeats the one before
+    other = [list(range(200, 230)) + [2] * k + [8] for k in range(0, 60, 10)]
+    rows = episode + other
+    budget, limit = 100, 1000  # one episode's tree (86 tokens) fits, not with another row
+    trees = pack_forward(rows, budget, True, limit)
+    padded = pack_forward(rows, budget, False, limit)
+    assert padded == pack_microbatches([len(r) for r in rows], budget)  # share_prefix off: the old packing
+    for groups in (trees, padded):
+        assert sorted(i for g in groups for i in g) == list(range(len(rows)))
+    # in order, each episode's turns form one tree: 30 + 50 tokens and the 6 turns' ends
+    assert trees == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]]
+    cost = [sum(forward_cost([rows[i] for i in g], limit) for g in groups) for groups in (trees, padded)]
+    assert cost == [2 * (30 + 50 + 6), sum(len(r) for r in rows)]  # padded: only rows of one length pair up
+    # rows that share nothing: trees would not save, so the padded packing (longest first) stays
+    unrelated = [[k] * n for k, n in enumerate((5, 40, 12, 33, 7))]
+    assert pack_forward(unrelated, 50, True, limit) == pack_microbatches([len(r) for r in unrelated], 50)
 
 
 def test_pack_microbatches_respects_the_token_budget():
