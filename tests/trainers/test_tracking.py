@@ -162,6 +162,24 @@ def _wandb_records(path: Path) -> list:
     return records
 
 
+def _wandb_flushed() -> None:
+    """Shut W&B's service down, as the end of the process does: ``run.finish()`` returns once the run's
+    exit is acknowledged, and the service closes (and so completes) the offline transaction log no later
+    than its own shutdown. CI once read a log without its history records right after ``finish()`` (a
+    loaded machine; not reproduced here); after the shutdown the test reads the finished log, as a later
+    ``wandb sync`` does. A failure prints the record kinds the log held."""
+    import wandb
+
+    wandb.teardown()
+
+
+def _record_kinds(records: list) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for record in records:
+        kinds[record.WhichOneof("record_type")] = kinds.get(record.WhichOneof("record_type"), 0) + 1
+    return kinds
+
+
 def _wandb_history(path: Path) -> list[dict]:
     return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
             for record in _wandb_records(path) if record.WhichOneof("record_type") == "history"]
@@ -173,11 +191,13 @@ def test_wandb_offline_logs_every_record_and_the_config(corridor, word_tok, tmp_
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
     _trainer(corridor, word_tok, run, "run.iterations=2", "run.wandb=true", "run.wandb_project=tg-test").train()
+    _wandb_flushed()
     run_id = json.loads((run / "trackers.json").read_text())["wandb"]
     logs = list((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(logs) == 1, list((run / "wandb").iterdir())
     history, config = [], {}
-    for record in _wandb_records(logs[0]):
+    records = _wandb_records(logs[0])
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
@@ -186,7 +206,7 @@ def test_wandb_offline_logs_every_record_and_the_config(corridor, word_tok, tmp_
             items = record.run.config.update if kind == "run" else record.config.update
             config.update({item.key: json.loads(item.value_json) for item in items})
     train = [h for h in history if "train/success_rate" in h]
-    assert [h["iteration"] for h in train] == [1, 2]
+    assert [h["iteration"] for h in train] == [1, 2], _record_kinds(records)
     for logged, record in zip(train, _records(run, "train")):
         assert logged["train/success_rate"] == pytest.approx(record["success_rate"])
         assert logged["train/reward_mean"] == pytest.approx(record["reward_mean"])
@@ -204,11 +224,12 @@ def test_wandb_resume_continues_the_same_run(corridor, word_tok, tmp_path, monke
     _trainer(corridor, word_tok, run, *overrides).train()
     first = json.loads((run / "trackers.json").read_text())["wandb"]
     _trainer(corridor, word_tok, run, *overrides[1:], "run.iterations=3", resume=True).train()
+    _wandb_flushed()
     assert json.loads((run / "trackers.json").read_text())["wandb"] == first
     logs = sorted((run / "wandb").glob(f"offline-run-*-{first}*/run-{first}.wandb"))
     assert len(logs) == 2  # W&B keeps one offline folder per process; `wandb sync` merges them into one run
     iterations = [h["iteration"] for log in logs for h in _wandb_history(log) if "train/success_rate" in h]
-    assert iterations == [1, 2, 3]
+    assert iterations == [1, 2, 3], [_record_kinds(_wandb_records(log)) for log in logs]
 
 
 # ---- MLflow -----------------------------------------------------------------------------------------------------
