@@ -62,9 +62,12 @@ session, on a GPU say, picks up where the last one stopped):
    (``configs/selfplay_werewolf.yaml``, GRPO; ``--selfplay-lineup``, default
    ``all=llm``: the policy plays every seat) from the SFT checkpoint on the
    study's preset, resumed from its newest checkpoint, then evaluated as a
-   fourth row like the others. Off by default: on CPU one iteration of 4
-   SmolLM2 games costs minutes (see the cost below) and nothing here has
-   measured what it buys yet.
+   fourth row like the others. ``selfplay.json`` keeps each iteration's
+   learning signal (``curve``: invalid moves, reward spread, the share of
+   zero advantages). Off by default: on the 2-core CPU below one iteration of
+   4 SmolLM2 games took 4.5-6 minutes (about 130k prompt tokens to train on;
+   14 minutes before the RL update shared an episode's transcript), and 4
+   iterations did not move the win rate (see the README).
 
 Writes ``OUT/results.json`` (setting, record, SFT, rows, paired comparisons) and
 prints a table: rule village, LLM before (base), LLM after (SFT), and SFT +
@@ -92,7 +95,9 @@ call, which should bring it down; not measured here), so the default study
 many sessions as it takes. Measured since, on a 2-core Intel Xeon (AVX-512, no native bf16), fp32,
 ``--skip base --max-concurrent 16``: the SFT's 296 steps (whole trajectories, the transcript shared) took
 4,355 s, about 25 minutes of it beside other work; the SFT village's 200 games 1,944 s in chunks of 16
-(9.7 s a game; 62% of 2.39M prompt tokens from the 4 GiB prefix cache). ``--dtype bfloat16`` (the evaluation engine's
+(9.7 s a game; 62% of 2.39M prompt tokens from the 4 GiB prefix cache); ``--skip sft``: the base
+village's 200 games 2,735 s (13.7 s a game: its mostly unparsable replies are longer; 67% of 1.41M prompt
+tokens from the cache), so the whole default study is about 2.5 hours here. ``--dtype bfloat16`` (the evaluation engine's
 weights in bf16; prefill about 3x faster on AMX CPUs) is the cheaper setting;
 ``results.json`` records which setting its numbers come from. Only on a CPU
 with native bf16 (AMX-BF16 or AVX512-BF16): on an AVX2-only CPU (a 2-core AMD
