@@ -222,6 +222,7 @@ def test_wandb_resume_continues_the_same_run(corridor, word_tok, tmp_path, monke
     run = tmp_path / "run"
     overrides = ("run.iterations=2", "run.save_every=1", "run.eval_tasks=0", "run.wandb=true")
     _trainer(corridor, word_tok, run, *overrides).train()
+    _wandb_flushed()  # a resume comes from a new process, after W&B's service of the first one has shut down
     first = json.loads((run / "trackers.json").read_text())["wandb"]
     _trainer(corridor, word_tok, run, *overrides[1:], "run.iterations=3", resume=True).train()
     _wandb_flushed()
